@@ -1,0 +1,174 @@
+//! Subcommands and flags: `run`, `check`, `demo`; errors mapped to exit codes
+//! (0 success, 78 configuration, 1 anything else).
+
+use std::path::PathBuf;
+
+use crate::config::{self, Config, ConfigError};
+use crate::daemon::{self, Options};
+
+/// Bad, missing or unreadable configuration (sysexits' EX_CONFIG).
+pub const EXIT_CONFIG: i32 = 78;
+pub const EXIT_FAILURE: i32 = 1;
+
+const USAGE: &str = "\
+usage: wspoold <command> [options]
+
+commands:
+  run   [--config FILE]   run the daemon in the foreground (logs to stderr and syslog)
+  check [--config FILE]   validate the configuration and exit (0 valid, 78 invalid)
+  demo  [--seconds N]     run a self-contained demonstration on loopback (default 30 s)
+
+options:
+  -c, --config FILE       configuration file (default /etc/wspoold/wspoold.toml)
+  -h, --help              show this help
+  -V, --version           show the version
+";
+
+/// What the command line asked for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    Run { config: PathBuf },
+    Check { config: PathBuf },
+    Demo { seconds: u64 },
+    Help,
+    Version,
+}
+
+/// Parse arguments (without the program name).
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    let mut args = args.iter();
+    let Some(command) = args.next() else {
+        return Err("no command given".into());
+    };
+    let mut config = PathBuf::from(config::DEFAULT_PATH);
+    let mut seconds = 30;
+    match command.as_str() {
+        "-h" | "--help" | "help" => return Ok(Command::Help),
+        "-V" | "--version" => return Ok(Command::Version),
+        "run" | "check" | "demo" => {}
+        other => return Err(format!("unknown command {other:?}")),
+    }
+    while let Some(arg) = args.next() {
+        let mut value = |flag: &str| {
+            args.next()
+                .cloned()
+                .ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match arg.as_str() {
+            "-c" | "--config" if command != "demo" => config = PathBuf::from(value(arg)?),
+            "--seconds" if command == "demo" => {
+                let text = value(arg)?;
+                seconds = text
+                    .parse()
+                    .map_err(|_| format!("--seconds takes a whole number, not {text:?}"))?;
+            }
+            "-h" | "--help" => return Ok(Command::Help),
+            other => return Err(format!("unknown option {other:?} for {command}")),
+        }
+    }
+    Ok(match command.as_str() {
+        "run" => Command::Run { config },
+        "check" => Command::Check { config },
+        _ => Command::Demo { seconds },
+    })
+}
+
+/// Run the command line; returns the exit code.
+pub fn main(args: &[String]) -> i32 {
+    let command = match parse(args) {
+        Ok(command) => command,
+        Err(e) => {
+            eprintln!("wspoold: {e}\n\n{USAGE}");
+            return EXIT_FAILURE;
+        }
+    };
+    match command {
+        Command::Help => {
+            print!("{USAGE}");
+            0
+        }
+        Command::Version => {
+            println!("wspoold {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        Command::Check { config } => match Config::load(&config) {
+            Ok(cfg) => {
+                let connections: usize = cfg.pools.iter().map(|p| p.min).sum();
+                println!(
+                    "{}: ok ({} pool(s), {connections} connection(s) at minimum)",
+                    config.display(),
+                    cfg.pools.len()
+                );
+                0
+            }
+            Err(e) => config_failure(&e),
+        },
+        Command::Run { config } => {
+            let cfg = match Config::load(&config) {
+                Ok(cfg) => cfg,
+                Err(e) => return config_failure(&e),
+            };
+            let options = Options {
+                stderr: true,
+                observer: None,
+            };
+            match daemon::run(&cfg, options) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("wspoold: {e}");
+                    EXIT_FAILURE
+                }
+            }
+        }
+        Command::Demo { seconds } => match crate::demo::run(seconds) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("wspoold demo: {e}");
+                EXIT_FAILURE
+            }
+        },
+    }
+}
+
+fn config_failure(e: &ConfigError) -> i32 {
+    eprintln!("wspoold: {e}");
+    EXIT_CONFIG
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn parses_subcommands_and_flags() {
+        assert_eq!(
+            parse(&args("run --config /tmp/x.toml")),
+            Ok(Command::Run {
+                config: "/tmp/x.toml".into()
+            })
+        );
+        assert_eq!(
+            parse(&args("check")),
+            Ok(Command::Check {
+                config: config::DEFAULT_PATH.into()
+            })
+        );
+        assert_eq!(
+            parse(&args("demo --seconds 5")),
+            Ok(Command::Demo { seconds: 5 })
+        );
+    }
+
+    #[test]
+    fn rejects_what_it_does_not_know() {
+        assert!(parse(&args("")).is_err());
+        assert!(parse(&args("fly")).unwrap_err().contains("fly"));
+        assert!(parse(&args("run --config")).unwrap_err().contains("needs a value"));
+        assert!(parse(&args("demo --config x")).is_err());
+        assert!(parse(&args("demo --seconds soon")).is_err());
+    }
+}

@@ -1,0 +1,2403 @@
+//! Configuration: turns the text of `wspoold.toml` into validated settings.
+//!
+//! Two layers. The raw layer mirrors the TOML: serde structs whose every key is
+//! optional and whose unknown keys are rejected. The validated layer ([`Config`]) holds
+//! final values, with the defaults (module `default`) applied in one place, the
+//! function `validate`. Single values are checked while they are deserialized, by
+//! small newtypes (a duration, a size, a `${VAR}`-expanded string, an endpoint URL...),
+//! so that toml's error carries the span of the offending text; checks across keys
+//! (`max` below `min`, a path used twice...) keep a [`Spanned`] for the same reason.
+//! Every error therefore names the file, line and column.
+//!
+//! `${VAR}` expands from the environment in every string value, never in keys. The
+//! environment is a callback, so tests need not touch the process's own; a first,
+//! untyped pass looks up the variables the text uses, because a `Deserialize` impl
+//! takes no arguments.
+//!
+//! [`key_names`] reads the accepted keys off the raw structs, so the test that holds
+//! the man page and the example configuration to them cannot drift.
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{
+    self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor,
+};
+use syslog::Facility;
+use toml::Spanned;
+use tungstenite::http::{HeaderName, HeaderValue, Uri};
+
+/// Where the daemon looks for its configuration unless `--config` says otherwise.
+pub const DEFAULT_PATH: &str = "/etc/wspoold/wspoold.toml";
+
+/// Every default, in one place. `man/wspoold.toml.5` and `systemd/wspoold.toml` repeat
+/// them, and a test checks that the example file agrees.
+mod default {
+    use super::*;
+
+    pub const STATE_DIR: &str = "/var/lib/wspoold";
+    pub const MAX_CONNECTIONS: usize = 4096;
+    pub const LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9400);
+    pub const ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9401);
+
+    pub const SYSLOG: bool = true;
+    pub const SYSLOG_SOCKET: &str = "/dev/log";
+    pub const SYSLOG_FACILITY: Facility = Facility::LOG_DAEMON;
+    pub const GRACE: Duration = Duration::from_secs(5);
+
+    pub const MIN: usize = 2;
+    pub const MAX: usize = 64;
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+    pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const BACKOFF_BASE: Duration = Duration::from_millis(100);
+    pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+    pub const BACKOFF_RESET: Duration = Duration::from_secs(30);
+    pub const DOWN_AFTER: u32 = 3;
+    pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
+}
+
+// ----------------------------------------------------------------------------------
+// The validated layer.
+
+/// The validated configuration: every value final, every default applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Where the text came from: a file path, or `"<demo>"`. Errors start with it.
+    pub origin: String,
+    /// `[daemon]`.
+    pub daemon: DaemonConfig,
+    /// `[alerts]`.
+    pub alerts: AlertsConfig,
+    /// `[pools.NAME]`, sorted by name.
+    pub pools: Vec<PoolConfig>,
+}
+
+/// `[daemon]`: process-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaemonConfig {
+    /// Where the incident journal and other state live. Default `/var/lib/wspoold`.
+    pub state_dir: PathBuf,
+    /// Upper bound on upstream connections across all pools. Default 4096.
+    pub max_connections: usize,
+    /// The local bridge that clients connect to. Default `127.0.0.1:9400`.
+    pub listen: SocketAddr,
+    /// `/metrics`, `/status` and `/healthz`. Default `127.0.0.1:9401`.
+    pub admin: SocketAddr,
+}
+
+/// `[alerts]`: where alerts go.
+#[derive(Debug, Clone)]
+pub struct AlertsConfig {
+    /// Send alerts to syslog. Default true.
+    pub syslog: bool,
+    /// The local syslog socket. Default `/dev/log`.
+    pub syslog_socket: PathBuf,
+    /// Syslog facility. Default `daemon`.
+    pub syslog_facility: Facility,
+    /// How long a pool may stay below `min` before it is a warning; start-up warm-up is
+    /// never an alert. Default 5s.
+    pub grace: Duration,
+}
+
+// syslog::Facility implements neither PartialEq nor Eq.
+impl PartialEq for AlertsConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.syslog == other.syslog
+            && self.syslog_socket == other.syslog_socket
+            && self.syslog_facility as i32 == other.syslog_facility as i32
+            && self.grace == other.grace
+    }
+}
+
+impl Eq for AlertsConfig {}
+
+/// `[pools.NAME]`: one pool of upstream connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// The table key; `[A-Za-z0-9_-]+`.
+    pub name: String,
+    /// Local clients reach the pool at this path. Default `/` + name.
+    pub path: String,
+    /// Primaries; they share the load. At least one.
+    pub endpoints: Vec<Endpoint>,
+    /// Used only while no primary is up. Default none.
+    pub backup: Vec<Endpoint>,
+    /// Connections kept at all times. Default 2.
+    pub min: usize,
+    /// Connections at most. Default 64.
+    pub max: usize,
+    /// Per address for TCP, and again for TLS plus the WebSocket handshake. Default 5s.
+    pub connect_timeout: Duration,
+    /// Ping after this much silence. Default 2s.
+    pub heartbeat_interval: Duration,
+    /// A ping unanswered this long kills the connection. Default 2s.
+    pub heartbeat_timeout: Duration,
+    /// Pending output that has not drained for this long is a write stall. Default 5s.
+    pub write_timeout: Duration,
+    /// First reconnect delay of a failing endpoint. Default 100ms.
+    pub backoff_base: Duration,
+    /// Cap on the reconnect delay. Default 30s.
+    pub backoff_max: Duration,
+    /// Healthy this long before an endpoint's backoff starts over. Default 30s.
+    pub backoff_reset: Duration,
+    /// Consecutive failures that take an endpoint down. Default 3.
+    pub down_after: u32,
+    /// Extra handshake headers, in file order. Default none.
+    pub headers: Vec<(String, String)>,
+    /// Text messages sent after every connect. Default none.
+    pub on_connect: Vec<String>,
+    /// Largest message accepted either way. Default 16MiB.
+    pub max_message_size: usize,
+}
+
+/// An upstream WebSocket endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// As written, after `${VAR}` expansion.
+    pub url: String,
+    /// `wss://`.
+    pub tls: bool,
+    /// Host name or IP address, without IPv6 brackets.
+    pub host: String,
+    /// Explicit, or 80 for `ws://` and 443 for `wss://`.
+    pub port: u16,
+    /// Path and query; `/` if the URL has none.
+    pub resource: String,
+}
+
+impl Endpoint {
+    /// Parses a `ws://` or `wss://` URL.
+    pub fn parse(url: &str) -> Result<Endpoint, String> {
+        parse_endpoint(url).map_err(|detail| format!("invalid endpoint URL {url:?}: {detail}"))
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+/// Why a configuration could not be had.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read { path: PathBuf, source: io::Error },
+    /// The text is not a valid configuration; line and column are 1-based.
+    Invalid {
+        origin: String,
+        line: Option<usize>,
+        column: Option<usize>,
+        message: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, source } => {
+                write!(f, "{}: cannot read: {source}", path.display())
+            }
+            ConfigError::Invalid {
+                origin,
+                line,
+                column,
+                message,
+            } => {
+                write!(f, "{origin}:")?;
+                if let Some(line) = line {
+                    write!(f, "{line}:")?;
+                    if let Some(column) = column {
+                        write!(f, "{column}:")?;
+                    }
+                }
+                write!(f, " {message}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Read { source, .. } => Some(source),
+            ConfigError::Invalid { .. } => None,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` and parses it, with `${VAR}` from the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let origin = path.display().to_string();
+        match String::from_utf8(bytes) {
+            Ok(text) => Config::parse(&text, &origin),
+            Err(err) => {
+                let valid = &err.as_bytes()[..err.utf8_error().valid_up_to()];
+                let text = std::str::from_utf8(valid).unwrap_or_default();
+                let source = Source {
+                    text,
+                    origin: &origin,
+                };
+                Err(source.error(Some(text.len()..text.len()), "not valid UTF-8".to_string()))
+            }
+        }
+    }
+
+    /// Parses configuration text; `origin` names it in errors. `${VAR}` come from the
+    /// process environment.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, origin, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses configuration text, taking `${VAR}` from `env`.
+    pub fn parse_with_env(
+        text: &str,
+        origin: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let source = Source { text, origin };
+        // A first, untyped pass finds the variables that string values use, so that the
+        // typed pass can expand them inside Deserialize impls, which take no arguments.
+        let document: toml::Table = toml::from_str(text).map_err(|e| source.syntax_error(e))?;
+        let vars = referenced_vars(&document, env);
+        let raw: RawConfig =
+            with_env(vars, || toml::from_str(text)).map_err(|e| source.toml_error(e))?;
+        validate(raw, &source)
+    }
+}
+
+/// The configuration text, to turn spans into line and column.
+struct Source<'a> {
+    text: &'a str,
+    origin: &'a str,
+}
+
+impl Source<'_> {
+    fn error(&self, span: Option<Range<usize>>, message: String) -> ConfigError {
+        let (line, column) = match span {
+            Some(span) => {
+                let (line, column) = line_column(self.text, span.start);
+                (Some(line), Some(column))
+            }
+            None => (None, None),
+        };
+        ConfigError::Invalid {
+            origin: self.origin.to_string(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    fn syntax_error(&self, err: toml::de::Error) -> ConfigError {
+        let mut message = format!("invalid TOML: {}", err.message());
+        let quoted = err.span().and_then(|span| self.text.get(span));
+        if let (Some(key), "duplicate key") = (quoted, err.message()) {
+            message = format!("invalid TOML: duplicate key `{key}`");
+        }
+        self.error(err.span(), message)
+    }
+
+    fn toml_error(&self, err: toml::de::Error) -> ConfigError {
+        let message = describe(err.message(), &error_keys(&err));
+        self.error(err.span(), message)
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    (line, before[line_start..].chars().count() + 1)
+}
+
+// ----------------------------------------------------------------------------------
+// Validation: defaults and the checks that span several keys.
+
+fn validate(raw: RawConfig, source: &Source) -> Result<Config, ConfigError> {
+    let (daemon, max_connections_span) = validate_daemon(raw.daemon.unwrap_or_default(), source)?;
+    let alerts = validate_alerts(raw.alerts.unwrap_or_default());
+    let mut pools = Vec::new();
+    let mut paths: HashMap<String, String> = HashMap::new();
+    let mut total_min = 0;
+    for (name, table) in raw.pools.unwrap_or_default() {
+        let (pool, spans) = validate_pool(name.0, table, source)?;
+        if let Some(other) = paths.insert(pool.path.clone(), pool.name.clone()) {
+            let message = format!(
+                "pool {} has path {}, already used by pool {other}",
+                pool.name, pool.path
+            );
+            return Err(source.error(Some(spans.path), message));
+        }
+        total_min += pool.min;
+        if total_min > daemon.max_connections {
+            let message = format!(
+                "the pools' min add up to {total_min}, more than max_connections {}",
+                daemon.max_connections
+            );
+            let span = max_connections_span.unwrap_or(spans.table);
+            return Err(source.error(Some(span), message));
+        }
+        pools.push(pool);
+    }
+    Ok(Config {
+        origin: source.origin.to_string(),
+        daemon,
+        alerts,
+        pools,
+    })
+}
+
+/// Returns the span of `max_connections` too, if it was set, for the check of the pools.
+fn validate_daemon(
+    raw: RawDaemon,
+    source: &Source,
+) -> Result<(DaemonConfig, Option<Range<usize>>), ConfigError> {
+    let listen = raw
+        .listen
+        .as_ref()
+        .map_or(default::LISTEN, |a| a.get_ref().0);
+    let admin = raw.admin.as_ref().map_or(default::ADMIN, |a| a.get_ref().0);
+    if admin == listen && listen.port() != 0 {
+        let span = raw.admin.or(raw.listen).map(|s| s.span());
+        let message = format!("admin and listen are both {listen}");
+        return Err(source.error(span, message));
+    }
+    let daemon = DaemonConfig {
+        state_dir: raw
+            .state_dir
+            .map_or_else(|| PathBuf::from(default::STATE_DIR), |p| p.0),
+        max_connections: raw
+            .max_connections
+            .as_ref()
+            .map_or(default::MAX_CONNECTIONS, |m| m.get_ref().get()),
+        listen,
+        admin,
+    };
+    Ok((daemon, raw.max_connections.map(|m| m.span())))
+}
+
+fn validate_alerts(raw: RawAlerts) -> AlertsConfig {
+    AlertsConfig {
+        syslog: raw.syslog.unwrap_or(default::SYSLOG),
+        syslog_socket: raw
+            .syslog_socket
+            .map_or_else(|| PathBuf::from(default::SYSLOG_SOCKET), |p| p.0),
+        syslog_facility: raw
+            .syslog_facility
+            .map_or(default::SYSLOG_FACILITY, |f| f.0),
+        grace: raw.grace.map_or(default::GRACE, |d| d.0),
+    }
+}
+
+/// Primaries (at least one) and backups, none listed twice.
+fn validate_endpoints(
+    name: &str,
+    endpoints: Option<Spanned<Vec<EndpointUrl>>>,
+    backup: Option<Spanned<Vec<EndpointUrl>>>,
+    table_span: &Range<usize>,
+    source: &Source,
+) -> Result<(Vec<Endpoint>, Vec<Endpoint>), ConfigError> {
+    let endpoints = match endpoints {
+        None => {
+            let message =
+                format!("pool {name} has no endpoints: endpoints = [\"wss://...\"] is required");
+            return Err(source.error(Some(table_span.clone()), message));
+        }
+        Some(list) if list.get_ref().is_empty() => {
+            let message = format!(
+                "pool {name} has an empty endpoints list: at least one primary is required"
+            );
+            return Err(source.error(Some(list.span()), message));
+        }
+        Some(list) => list,
+    };
+    let backup = backup.unwrap_or_else(|| Spanned::new(0..0, Vec::new()));
+    // The same host, port and resource however the URL spells them.
+    let mut seen = HashSet::new();
+    for list in [&endpoints, &backup] {
+        for EndpointUrl(e) in list.get_ref() {
+            let host = e.host.to_ascii_lowercase();
+            if !seen.insert((e.tls, host, e.port, e.resource.clone())) {
+                let message = format!("endpoint {e} is listed twice in pool {name}");
+                return Err(source.error(Some(list.span()), message));
+            }
+        }
+    }
+    let unwrap = |list: Spanned<Vec<EndpointUrl>>| list.into_inner().into_iter().map(|e| e.0);
+    Ok((unwrap(endpoints).collect(), unwrap(backup).collect()))
+}
+
+/// Where a pool's table and its path are, for the checks across pools.
+struct PoolSpans {
+    table: Range<usize>,
+    path: Range<usize>,
+}
+
+fn validate_pool(
+    name: String,
+    table: Spanned<RawPool>,
+    source: &Source,
+) -> Result<(PoolConfig, PoolSpans), ConfigError> {
+    let table_span = table.span();
+    let raw = table.into_inner();
+    let fail = |span: Range<usize>, message: String| Err(source.error(Some(span), message));
+
+    let (path, path_span) = match raw.path {
+        Some(path) => (path.get_ref().0.clone(), path.span()),
+        None => (format!("/{name}"), table_span.clone()),
+    };
+
+    let (endpoints, backup) =
+        validate_endpoints(&name, raw.endpoints, raw.backup, &table_span, source)?;
+
+    let min = raw.min.as_ref().map_or(default::MIN, |m| m.get_ref().get());
+    let max = raw.max.as_ref().map_or(default::MAX, |m| m.get_ref().get());
+    if max < min {
+        let span = raw.max.or(raw.min).map_or(table_span.clone(), |s| s.span());
+        return fail(
+            span,
+            format!("max {max} is less than min {min} in pool {name}"),
+        );
+    }
+
+    let backoff_base = raw
+        .backoff_base
+        .as_ref()
+        .map_or(default::BACKOFF_BASE, |d| d.get_ref().0);
+    let backoff_max = raw
+        .backoff_max
+        .as_ref()
+        .map_or(default::BACKOFF_MAX, |d| d.get_ref().0);
+    if backoff_max < backoff_base {
+        let span = raw
+            .backoff_max
+            .or(raw.backoff_base)
+            .map_or(table_span, |s| s.span());
+        let message = format!(
+            "backoff_max {} is less than backoff_base {} in pool {name}",
+            format_duration(backoff_max),
+            format_duration(backoff_base)
+        );
+        return fail(span, message);
+    }
+
+    let pool = PoolConfig {
+        path,
+        endpoints,
+        backup,
+        min,
+        max,
+        connect_timeout: raw
+            .connect_timeout
+            .map_or(default::CONNECT_TIMEOUT, |d| d.0),
+        heartbeat_interval: raw
+            .heartbeat_interval
+            .map_or(default::HEARTBEAT_INTERVAL, |d| d.0),
+        heartbeat_timeout: raw
+            .heartbeat_timeout
+            .map_or(default::HEARTBEAT_TIMEOUT, |d| d.0),
+        write_timeout: raw.write_timeout.map_or(default::WRITE_TIMEOUT, |d| d.0),
+        backoff_base,
+        backoff_max,
+        backoff_reset: raw.backoff_reset.map_or(default::BACKOFF_RESET, |d| d.0),
+        down_after: raw.down_after.map_or(default::DOWN_AFTER, |n| n.0),
+        headers: raw.headers.map_or_else(Vec::new, |h| h.0),
+        on_connect: raw
+            .on_connect
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| t.0)
+            .collect(),
+        max_message_size: raw
+            .max_message_size
+            .map_or(default::MAX_MESSAGE_SIZE, |s| s.0),
+        name,
+    };
+    let spans = PoolSpans {
+        table: table_span,
+        path: path_span,
+    };
+    Ok((pool, spans))
+}
+
+// ----------------------------------------------------------------------------------
+// The raw layer: the TOML as written. key_names() is derived from these structs.
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    daemon: Option<RawDaemon>,
+    alerts: Option<RawAlerts>,
+    pools: Option<BTreeMap<PoolName, Spanned<RawPool>>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    state_dir: Option<AbsolutePath>,
+    max_connections: Option<Spanned<Count<1>>>,
+    listen: Option<Spanned<Address>>,
+    admin: Option<Spanned<Address>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    syslog: Option<bool>,
+    syslog_socket: Option<AbsolutePath>,
+    syslog_facility: Option<FacilityName>,
+    grace: Option<Interval<true>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPool {
+    path: Option<Spanned<PoolPath>>,
+    endpoints: Option<Spanned<Vec<EndpointUrl>>>,
+    backup: Option<Spanned<Vec<EndpointUrl>>>,
+    min: Option<Spanned<Count<1>>>,
+    max: Option<Spanned<Count<1>>>,
+    connect_timeout: Option<Interval<false>>,
+    heartbeat_interval: Option<Interval<false>>,
+    heartbeat_timeout: Option<Interval<false>>,
+    write_timeout: Option<Interval<false>>,
+    backoff_base: Option<Spanned<Interval<false>>>,
+    backoff_max: Option<Spanned<Interval<false>>>,
+    backoff_reset: Option<Interval<true>>,
+    down_after: Option<Count<1>>,
+    headers: Option<Headers>,
+    on_connect: Option<Vec<Text>>,
+    max_message_size: Option<Size<1024>>,
+}
+
+// ----------------------------------------------------------------------------------
+// Newtypes that validate while deserializing, so toml's error carries the span.
+
+/// Separates an error's head from its detail; [`describe`] puts " for KEY" between.
+const KEY_SLOT: char = '\u{0}';
+
+fn keyed(head: impl fmt::Display, detail: impl fmt::Display) -> String {
+    format!("{head}{KEY_SLOT}{detail}")
+}
+
+/// Deserializes a string, expands `${VAR}` and hands (as written, expanded) to `convert`.
+fn string_value<'de, D, T, F>(d: D, expecting: &'static str, convert: F) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    F: FnOnce(&str, String) -> Result<T, String>,
+{
+    struct StringVisitor<F>(&'static str, F);
+    impl<'de, T, F: FnOnce(&str, String) -> Result<T, String>> Visitor<'de> for StringVisitor<F> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_str<E: de::Error>(self, raw: &str) -> Result<T, E> {
+            let expanded = expand_env(raw).map_err(E::custom)?;
+            (self.1)(raw, expanded).map_err(E::custom)
+        }
+    }
+    d.deserialize_str(StringVisitor(expecting, convert))
+}
+
+/// Any string value, `${VAR}` expanded.
+struct Text(String);
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_value(d, "a string", |_, s| Ok(Text(s)))
+    }
+}
+
+struct AbsolutePath(PathBuf);
+
+impl<'de> Deserialize<'de> for AbsolutePath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_value(d, "an absolute path", |_, s| {
+            let path = PathBuf::from(&s);
+            if path.is_absolute() {
+                Ok(AbsolutePath(path))
+            } else {
+                Err(keyed(
+                    format!("invalid path {s:?}"),
+                    "must be absolute: the daemon runs in /",
+                ))
+            }
+        })
+    }
+}
+
+struct Address(SocketAddr);
+
+impl<'de> Deserialize<'de> for Address {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_value(d, "an address such as \"127.0.0.1:9400\"", |_, s| {
+            s.parse().map(Address).map_err(|_| {
+                keyed(
+                    format!("invalid address {s:?}"),
+                    "expected IP:PORT, e.g. \"127.0.0.1:9400\" or \"[::1]:9400\"",
+                )
+            })
+        })
+    }
+}
+
+/// Facility names as syslog.conf(5) spells them.
+const FACILITIES: [(&str, Facility); 20] = [
+    ("kern", Facility::LOG_KERN),
+    ("user", Facility::LOG_USER),
+    ("mail", Facility::LOG_MAIL),
+    ("daemon", Facility::LOG_DAEMON),
+    ("auth", Facility::LOG_AUTH),
+    ("syslog", Facility::LOG_SYSLOG),
+    ("lpr", Facility::LOG_LPR),
+    ("news", Facility::LOG_NEWS),
+    ("uucp", Facility::LOG_UUCP),
+    ("cron", Facility::LOG_CRON),
+    ("authpriv", Facility::LOG_AUTHPRIV),
+    ("ftp", Facility::LOG_FTP),
+    ("local0", Facility::LOG_LOCAL0),
+    ("local1", Facility::LOG_LOCAL1),
+    ("local2", Facility::LOG_LOCAL2),
+    ("local3", Facility::LOG_LOCAL3),
+    ("local4", Facility::LOG_LOCAL4),
+    ("local5", Facility::LOG_LOCAL5),
+    ("local6", Facility::LOG_LOCAL6),
+    ("local7", Facility::LOG_LOCAL7),
+];
+
+/// The configuration name of a facility, e.g. `"daemon"`, for log lines and status.
+pub fn facility_name(facility: Facility) -> &'static str {
+    FACILITIES
+        .iter()
+        .find(|(_, f)| *f as i32 == facility as i32)
+        .map_or("unknown", |(name, _)| name)
+}
+
+struct FacilityName(Facility);
+
+impl<'de> Deserialize<'de> for FacilityName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_value(
+            d,
+            "a syslog facility such as \"daemon\"",
+            |_, s| match FACILITIES.iter().find(|(name, _)| *name == s) {
+                Some((_, facility)) => Ok(FacilityName(*facility)),
+                None => {
+                    let names: Vec<&str> = FACILITIES.iter().map(|(name, _)| *name).collect();
+                    let detail = format!("expected one of {}", names.join(", "));
+                    Err(keyed(format!("unknown syslog facility {s:?}"), detail))
+                }
+            },
+        )
+    }
+}
+
+/// A duration; `ZERO_OK` says whether `"0s"` is allowed.
+struct Interval<const ZERO_OK: bool>(Duration);
+
+impl<'de, const ZERO_OK: bool> Deserialize<'de> for Interval<ZERO_OK> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_value(
+            d,
+            "a duration such as \"5s\"",
+            |_, s| match duration_value(&s) {
+                Ok(d) if d.is_zero() && !ZERO_OK => Err(keyed(
+                    format!("invalid duration {s:?}"),
+                    "must be greater than zero",
+                )),
+                Ok(d) => Ok(Interval(d)),
+                Err(detail) => Err(keyed(format!("invalid duration {s:?}"), detail)),
+            },
+        )
+    }
+}
+
+/// A byte size, a TOML integer or a string such as `"64KiB"`; at least `MIN`.
+struct Size<const MIN: usize>(usize);
+
+impl<'de, const MIN: usize> Deserialize<'de> for Size<MIN> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct SizeVisitor<const MIN: usize>;
+        impl<const MIN: usize> SizeVisitor<MIN> {
+            fn check(bytes: usize, shown: &str) -> Result<Size<MIN>, String> {
+                if bytes < MIN {
+                    let detail = format!("must be at least {}", format_size(MIN));
+                    return Err(keyed(format!("invalid size {shown}"), detail));
+                }
+                Ok(Size(bytes))
+            }
+        }
+        impl<'de, const MIN: usize> Visitor<'de> for SizeVisitor<MIN> {
+            type Value = Size<MIN>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size such as \"64KiB\" or a number of bytes")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Size<MIN>, E> {
+                match usize::try_from(v) {
+                    Ok(bytes) => Self::check(bytes, &v.to_string()).map_err(E::custom),
+                    Err(_) => Err(E::custom(keyed(
+                        format!("invalid size {v}"),
+                        "must not be negative",
+                    ))),
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size<MIN>, E> {
+                let bytes = usize::try_from(v)
+                    .map_err(|_| E::custom(keyed(format!("invalid size {v}"), "too large")))?;
+                Self::check(bytes, &v.to_string()).map_err(E::custom)
+            }
+            fn visit_str<E: de::Error>(self, raw: &str) -> Result<Size<MIN>, E> {
+                let s = expand_env(raw).map_err(E::custom)?;
+                let bytes = size_value(&s)
+                    .map_err(|detail| E::custom(keyed(format!("invalid size {s:?}"), detail)))?;
+                Self::check(bytes, &format!("{s:?}")).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(SizeVisitor::<MIN>)
+    }
+}
+
+/// A whole number from `MIN` to `u32::MAX`.
+struct Count<const MIN: u32>(u32);
+
+impl<const MIN: u32> Count<MIN> {
+    fn get(&self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl<'de, const MIN: u32> Deserialize<'de> for Count<MIN> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct CountVisitor<const MIN: u32>;
+        impl<'de, const MIN: u32> Visitor<'de> for CountVisitor<MIN> {
+            type Value = Count<MIN>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                write!(f, "a whole number of at least {MIN}")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Count<MIN>, E> {
+                let head = format!("invalid number {v}");
+                if v < i64::from(MIN) {
+                    return Err(E::custom(keyed(head, format!("must be at least {MIN}"))));
+                }
+                let too_large =
+                    |_| E::custom(keyed(&head, format!("must be at most {}", u32::MAX)));
+                u32::try_from(v).map(Count).map_err(too_large)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Count<MIN>, E> {
+                self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+        }
+        d.deserialize_u64(CountVisitor::<MIN>)
+    }
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct PoolName(String);
+
+impl<'de> Deserialize<'de> for PoolName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        let valid = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+        if name.is_empty() || !name.chars().all(valid) {
+            let detail = "a pool name is letters, digits, - and _";
+            return Err(de::Error::custom(keyed(
+                format!("invalid pool name {name:?}"),
+                detail,
+            )));
+        }
+        Ok(PoolName(name))
+    }
+}
+
+struct PoolPath(String);
+
+impl<'de> Deserialize<'de> for PoolPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_value(d, "a path such as \"/market\"", |_, s| {
+            let bad = |c: char| c == '?' || c == '#' || c.is_whitespace() || c.is_control();
+            if s.starts_with('/') && !s.contains(bad) {
+                Ok(PoolPath(s))
+            } else {
+                Err(keyed(
+                    format!("invalid path {s:?}"),
+                    "must start with / and contain no ?, # or spaces",
+                ))
+            }
+        })
+    }
+}
+
+struct EndpointUrl(Endpoint);
+
+impl<'de> Deserialize<'de> for EndpointUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Errors show the URL as written, not expanded: expansion may hold a secret.
+        string_value(d, "a ws:// or wss:// URL", |raw, url| {
+            parse_endpoint(&url)
+                .map(EndpointUrl)
+                .map_err(|detail| keyed(format!("invalid endpoint URL {raw:?}"), detail))
+        })
+    }
+}
+
+/// Headers the WebSocket handshake writes itself.
+const HANDSHAKE_HEADERS: [&str; 5] = [
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+];
+
+/// The `headers` table, in file order.
+struct Headers(Vec<(String, String)>);
+
+struct HeaderKey(String);
+
+struct HeaderText(String);
+
+impl<'de> Deserialize<'de> for HeaderKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(d)?;
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            let detail = "a header name is letters, digits and !#$%&'*+-.^_`|~";
+            return Err(de::Error::custom(keyed(
+                format!("invalid header name {name:?}"),
+                detail,
+            )));
+        }
+        if HANDSHAKE_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            let detail = "the WebSocket handshake sets it";
+            return Err(de::Error::custom(keyed(
+                format!("header {name} cannot be set"),
+                detail,
+            )));
+        }
+        Ok(HeaderKey(name))
+    }
+}
+
+impl<'de> Deserialize<'de> for HeaderText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // The value may hold a secret: the error does not show it.
+        string_value(d, "a string", |_, value| {
+            match HeaderValue::from_str(&value) {
+                Ok(_) => Ok(HeaderText(value)),
+                Err(_) => Err(keyed(
+                    "invalid header value",
+                    "it holds a control character or newline (after ${VAR} expansion)",
+                )),
+            }
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Headers {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct HeadersVisitor;
+        impl<'de> Visitor<'de> for HeadersVisitor {
+            type Value = Headers;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a table of header names and values")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Headers, A::Error> {
+                let mut headers = Vec::new();
+                let mut seen = HashSet::new();
+                while let Some(HeaderKey(name)) = map.next_key()? {
+                    let HeaderText(value) = map.next_value()?;
+                    if !seen.insert(name.to_ascii_lowercase()) {
+                        let message =
+                            format!("header {name} is set twice (names are case-insensitive)");
+                        return Err(de::Error::custom(message));
+                    }
+                    headers.push((name, value));
+                }
+                Ok(Headers(headers))
+            }
+        }
+        d.deserialize_map(HeadersVisitor)
+    }
+}
+
+// ----------------------------------------------------------------------------------
+// Error messages: toml's, reworded to name the key.
+
+/// The key path toml attached to an error. toml only shows it in `Display`, and only
+/// when the error has no input to quote.
+fn error_keys(err: &toml::de::Error) -> Vec<String> {
+    let mut bare = err.clone();
+    bare.set_input(None);
+    let text = bare.to_string();
+    let path = text
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("in `")?.strip_suffix('`'));
+    path.map_or_else(Vec::new, |p| p.split('.').map(str::to_string).collect())
+}
+
+fn describe(message: &str, keys: &[String]) -> String {
+    let key = keys.last();
+    if let Some((head, detail)) = message.split_once(KEY_SLOT) {
+        return match key {
+            Some(key) => format!("{head} for {key}: {detail}"),
+            None => format!("{head}: {detail}"),
+        };
+    }
+    if let Some(rest) = message.strip_prefix("unknown field ") {
+        let table = if keys.is_empty() {
+            String::new()
+        } else {
+            format!(" in [{}]", keys.join("."))
+        };
+        return match rest.split_once(", ") {
+            Some((field, expected)) => format!("unknown key {field}{table}, {expected}"),
+            None => format!("unknown key {rest}{table}"),
+        };
+    }
+    for kind in ["invalid type", "invalid value", "invalid length"] {
+        if let (Some(rest), Some(key)) = (message.strip_prefix(kind), key) {
+            return format!("{kind} for {key}{rest}");
+        }
+    }
+    message.to_string()
+}
+
+// ----------------------------------------------------------------------------------
+// ${VAR} expansion.
+
+thread_local! {
+    /// The variables of the parse under way on this thread; see `with_env`.
+    static ENV: RefCell<Option<HashMap<String, String>>> = const { RefCell::new(None) };
+}
+
+fn with_env<T>(vars: HashMap<String, String>, f: impl FnOnce() -> T) -> T {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            ENV.with(|env| env.borrow_mut().take());
+        }
+    }
+    ENV.with(|env| *env.borrow_mut() = Some(vars));
+    let _reset = Reset;
+    f()
+}
+
+/// Looks up every variable that a string value of `document` refers to.
+fn referenced_vars(
+    document: &toml::Table,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> HashMap<String, String> {
+    fn walk(
+        value: &toml::Value,
+        found: &mut HashMap<String, String>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) {
+        match value {
+            toml::Value::String(s) => {
+                let _ = expand_with(s, &mut |name| {
+                    if let Some(value) = env(name) {
+                        found.insert(name.to_string(), value);
+                    }
+                    Some(String::new())
+                });
+            }
+            toml::Value::Array(items) => items.iter().for_each(|v| walk(v, found, env)),
+            toml::Value::Table(table) => table.values().for_each(|v| walk(v, found, env)),
+            _ => {}
+        }
+    }
+    let mut found = HashMap::new();
+    document.values().for_each(|v| walk(v, &mut found, env));
+    found
+}
+
+/// Expands with the variables of the parse under way.
+fn expand_env(s: &str) -> Result<String, String> {
+    ENV.with(|env| {
+        let env = env.borrow();
+        expand_with(s, &mut |name| env.as_ref()?.get(name).cloned())
+    })
+}
+
+/// Expands `${NAME}`; `$$` is a literal `$`, and so is a `$` before anything else.
+fn expand_with(s: &str, lookup: &mut dyn FnMut(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        if let Some(after) = rest.strip_prefix("$$") {
+            out.push('$');
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix("${") {
+            let Some(end) = after.find('}') else {
+                return Err(keyed(
+                    "unterminated ${",
+                    "write ${NAME}, or $$ for a literal $",
+                ));
+            };
+            let name = &after[..end];
+            let valid = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                let detail = "names are letters, digits and _, not starting with a digit";
+                return Err(keyed(format!("invalid variable name {name:?}"), detail));
+            }
+            match lookup(name) {
+                Some(value) => out.push_str(&value),
+                None => {
+                    let detail = "set it in the daemon's environment, or write $$ for a literal $";
+                    return Err(keyed(format!("unset environment variable {name}"), detail));
+                }
+            }
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+// ----------------------------------------------------------------------------------
+// Durations, sizes and URLs.
+
+const DURATION_FORMAT: &str = "expected a number and a unit (ms, s, m, h), e.g. \"500ms\"";
+
+/// Parses `"500ms"`, `"5s"`, `"2m"`, `"1h"`, `"1.5s"`, and sums like `"1m30s"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    duration_value(s).map_err(|detail| format!("invalid duration {s:?}: {detail}"))
+}
+
+fn duration_value(s: &str) -> Result<Duration, String> {
+    if s.starts_with('-') {
+        return Err("must not be negative".to_string());
+    }
+    if s.is_empty() {
+        return Err(DURATION_FORMAT.to_string());
+    }
+    let mut nanos: u128 = 0;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let (number, after) = rest.split_at(number_end);
+        let unit_end = after
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_end);
+        let scale: u128 = match unit {
+            "ms" => 1_000_000,
+            "s" => 1_000_000_000,
+            "m" => 60_000_000_000,
+            "h" => 3_600_000_000_000,
+            _ => return Err(DURATION_FORMAT.to_string()),
+        };
+        let part = scaled(number, scale).ok_or(DURATION_FORMAT)?;
+        nanos = nanos.checked_add(part).ok_or("too large")?;
+        rest = after;
+    }
+    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| "too large")?;
+    Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
+}
+
+/// `number` (digits, optionally a fraction) times `scale`, rounded down.
+fn scaled(number: &str, scale: u128) -> Option<u128> {
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() || fraction.len() > 18 || (number.contains('.') && fraction.is_empty()) {
+        return None;
+    }
+    let whole: u128 = whole.parse().ok()?;
+    let mut value = whole.checked_mul(scale)?;
+    if !fraction.is_empty() {
+        let digits: u128 = fraction.parse().ok()?;
+        value =
+            value.checked_add(digits.checked_mul(scale)? / 10u128.pow(fraction.len() as u32))?;
+    }
+    Some(value)
+}
+
+/// Formats a duration for log lines, in a form [`parse_duration`] reads back:
+/// `"2s"`, `"500ms"`, `"1m30s"`, `"1.5s"`.
+pub fn format_duration(d: Duration) -> String {
+    if d.is_zero() {
+        return "0s".to_string();
+    }
+    let secs = d.as_secs();
+    let nanos = d.subsec_nanos();
+    if secs == 0 {
+        return format!(
+            "{}ms",
+            decimal(u64::from(nanos / 1_000_000), nanos % 1_000_000, 6)
+        );
+    }
+    let mut out = String::new();
+    let (h, m, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || nanos > 0 {
+        out.push_str(&format!("{}s", decimal(s, nanos, 9)));
+    }
+    out
+}
+
+/// `whole.fraction`, the fraction `digits` wide with trailing zeros dropped.
+fn decimal(whole: u64, fraction: u32, digits: usize) -> String {
+    if fraction == 0 {
+        return whole.to_string();
+    }
+    let fraction = format!("{fraction:0digits$}");
+    format!("{whole}.{}", fraction.trim_end_matches('0'))
+}
+
+const SIZE_FORMAT: &str =
+    "expected a number of bytes or a number and a unit (KiB, MiB, GiB, KB, MB, GB), e.g. \"64KiB\"";
+
+/// Parses `"512"` (bytes), `"64KiB"`, `"1MiB"`, `"1GiB"`, and decimal `"KB"`, `"MB"`,
+/// `"GB"`; units are case-insensitive.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    size_value(s).map_err(|detail| format!("invalid size {s:?}: {detail}"))
+}
+
+fn size_value(s: &str) -> Result<usize, String> {
+    if s.starts_with('-') {
+        return Err("must not be negative".to_string());
+    }
+    let number_end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(number_end);
+    let scale: u128 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" if !number.contains('.') => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return Err(SIZE_FORMAT.to_string()),
+    };
+    let bytes = scaled(number, scale).ok_or(SIZE_FORMAT)?;
+    usize::try_from(bytes).map_err(|_| "too large".to_string())
+}
+
+/// Formats a size in the largest binary unit that divides it: `"16MiB"`, `"1500B"`.
+pub fn format_size(bytes: usize) -> String {
+    for (unit, scale) in [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if bytes >= scale && bytes.is_multiple_of(scale) {
+            return format!("{}{unit}", bytes / scale);
+        }
+    }
+    format!("{bytes}B")
+}
+
+fn parse_endpoint(url: &str) -> Result<Endpoint, String> {
+    let uri: Uri = url
+        .parse()
+        .map_err(|e: tungstenite::http::uri::InvalidUri| e.to_string())?;
+    let tls = match uri.scheme_str() {
+        Some(s) if s.eq_ignore_ascii_case("ws") => false,
+        Some(s) if s.eq_ignore_ascii_case("wss") => true,
+        Some(s) => {
+            return Err(format!(
+                "scheme {s}:// is not supported; expected ws:// or wss://"
+            ));
+        }
+        None => return Err("expected ws:// or wss:// and a host".to_string()),
+    };
+    let authority = uri.authority().ok_or("missing host")?;
+    if authority.as_str().contains('@') {
+        return Err("credentials in the URL are not supported; send them in headers".to_string());
+    }
+    let host = authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    if host.is_empty() {
+        return Err("missing host".to_string());
+    }
+    let port = match authority.port_u16() {
+        Some(0) => return Err("port 0 cannot be connected to".to_string()),
+        Some(port) => port,
+        None if tls => 443,
+        None => 80,
+    };
+    let resource = match uri.path_and_query().map(|pq| pq.as_str()) {
+        None | Some("") => "/".to_string(),
+        Some(pq) if pq.starts_with('/') => pq.to_string(),
+        Some(pq) => format!("/{pq}"),
+    };
+    Ok(Endpoint {
+        url: url.to_string(),
+        tls,
+        host: host.to_string(),
+        port,
+        resource,
+    })
+}
+
+// ----------------------------------------------------------------------------------
+// key_names(): read off the raw structs by a deserializer that only watches.
+
+/// Every accepted key as `section.key`, with `*` for a pool's name: `"daemon.listen"`,
+/// `"pools.*.min"`. Derived from the raw structs, so it cannot drift from the parser.
+pub fn key_names() -> Vec<String> {
+    fn walk(path: &mut Vec<usize>, keys: &mut Vec<String>) {
+        let found = RefCell::new(None);
+        let probe = Probe {
+            path,
+            names: Vec::new(),
+            found: &found,
+        };
+        let _ = RawConfig::deserialize(probe);
+        match found.into_inner() {
+            Some(Shape::Table(fields)) => {
+                for i in 0..fields {
+                    path.push(i);
+                    walk(path, keys);
+                    path.pop();
+                }
+            }
+            Some(Shape::Key(name)) => keys.push(name),
+            None => {}
+        }
+    }
+    let mut keys = Vec::new();
+    walk(&mut Vec::new(), &mut keys);
+    keys
+}
+
+/// What a probe found at the end of its path.
+enum Shape {
+    /// A struct with this many fields.
+    Table(usize),
+    /// A value; its dotted name.
+    Key(String),
+}
+
+/// A deserializer that walks into one field per struct, as `path` says, and records what
+/// it finds there. It is thrown away by an error once it knows: serde's derived visitor
+/// can be fed one key but not asked for its fields without being consumed.
+struct Probe<'a> {
+    path: &'a [usize],
+    names: Vec<&'static str>,
+    found: &'a RefCell<Option<Shape>>,
+}
+
+/// The struct name `toml::Spanned` asks for; a probe passes through it.
+const SPANNED: &str = "$__serde_spanned_private_Spanned";
+
+impl Probe<'_> {
+    fn stop(&self, shape: Shape) -> de::value::Error {
+        *self.found.borrow_mut() = Some(shape);
+        de::Error::custom("probe done")
+    }
+}
+
+impl<'de> Deserializer<'de> for Probe<'_> {
+    type Error = de::value::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+        let mut names = self.names.clone();
+        // A table of free-form keys (headers) is one key.
+        while names.last() == Some(&"*") {
+            names.pop();
+        }
+        Err(self.stop(Shape::Key(names.join("."))))
+    }
+
+    fn deserialize_option<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_some(self)
+    }
+
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_newtype_struct(self)
+    }
+
+    fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        visitor.visit_seq(ProbeSeq(Some(self)))
+    }
+
+    fn deserialize_map<V: Visitor<'de>>(mut self, visitor: V) -> Result<V::Value, Self::Error> {
+        self.names.push("*");
+        // Any plausible key: the key type may validate it.
+        visitor.visit_map(ProbeMap {
+            keys: vec!["x"],
+            values: vec![Feed::Probe(self)],
+        })
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        mut self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        if name == SPANNED {
+            let values = vec![Feed::Zero, Feed::Zero, Feed::Probe(self)];
+            return visitor.visit_map(ProbeMap {
+                keys: fields.to_vec(),
+                values,
+            });
+        }
+        let Some((&i, rest)) = self.path.split_first() else {
+            return Err(self.stop(Shape::Table(fields.len())));
+        };
+        self.path = rest;
+        self.names.push(fields[i]);
+        visitor.visit_map(ProbeMap {
+            keys: vec![fields[i]],
+            values: vec![Feed::Probe(self)],
+        })
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+        byte_buf unit unit_struct tuple tuple_struct enum identifier ignored_any
+    }
+}
+
+enum Feed<'a> {
+    Zero,
+    Probe(Probe<'a>),
+}
+
+/// Feeds `keys[i]` with `values[i]`, in order.
+struct ProbeMap<'a> {
+    keys: Vec<&'static str>,
+    values: Vec<Feed<'a>>,
+}
+
+impl<'de> MapAccess<'de> for ProbeMap<'_> {
+    type Error = de::value::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        if self.keys.is_empty() {
+            return Ok(None);
+        }
+        let key = self.keys.remove(0);
+        seed.deserialize(de::value::BorrowedStrDeserializer::new(key))
+            .map(Some)
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        match self.values.remove(0) {
+            Feed::Zero => seed.deserialize(0u64.into_deserializer()),
+            Feed::Probe(probe) => seed.deserialize(probe),
+        }
+    }
+}
+
+/// A sequence of one element.
+struct ProbeSeq<'a>(Option<Probe<'a>>);
+
+impl<'de> SeqAccess<'de> for ProbeSeq<'_> {
+    type Error = de::value::Error;
+
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Self::Error> {
+        self.0
+            .take()
+            .map(|probe| seed.deserialize(probe))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ORIGIN: &str = "/etc/x.toml";
+
+    fn test_env(name: &str) -> Option<String> {
+        match name {
+            "TOKEN" => Some("s3cret".to_string()),
+            "HOST" => Some("a.example.com".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        }
+    }
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse_with_env(text, ORIGIN, &test_env)
+    }
+
+    /// A configuration with one pool `p` and `extra` keys in it.
+    fn pool(extra: &str) -> Result<PoolConfig, ConfigError> {
+        let text = format!("[pools.p]\nendpoints = [\"ws://a.test/\"]\n{extra}\n");
+        parse(&text).map(|mut c| c.pools.remove(0))
+    }
+
+    /// (line, column, message) of the error `text` must produce.
+    fn error(text: &str) -> (usize, usize, String) {
+        match parse(text) {
+            Err(ConfigError::Invalid {
+                origin,
+                line: Some(line),
+                column: Some(column),
+                message,
+            }) => {
+                assert_eq!(origin, ORIGIN);
+                (line, column, message)
+            }
+            other => panic!("expected an error with a location, got {other:?}"),
+        }
+    }
+
+    /// The error of a pool `p` whose third line onwards is `extra`.
+    fn pool_error(extra: &str) -> (usize, usize, String) {
+        error(&format!(
+            "[pools.p]\nendpoints = [\"ws://a.test/\"]\n{extra}\n"
+        ))
+    }
+
+    #[test]
+    fn empty_text_gives_every_default() {
+        let config = parse("").unwrap();
+        assert_eq!(config.origin, ORIGIN);
+        assert_eq!(
+            config.daemon,
+            DaemonConfig {
+                state_dir: PathBuf::from("/var/lib/wspoold"),
+                max_connections: 4096,
+                listen: "127.0.0.1:9400".parse().unwrap(),
+                admin: "127.0.0.1:9401".parse().unwrap(),
+            }
+        );
+        assert_eq!(
+            config.alerts,
+            AlertsConfig {
+                syslog: true,
+                syslog_socket: PathBuf::from("/dev/log"),
+                syslog_facility: Facility::LOG_DAEMON,
+                grace: Duration::from_secs(5),
+            }
+        );
+        assert!(config.pools.is_empty());
+    }
+
+    #[test]
+    fn pool_defaults() {
+        let p = pool("").unwrap();
+        assert_eq!(p.name, "p");
+        assert_eq!(p.path, "/p");
+        assert_eq!(p.endpoints, vec![Endpoint::parse("ws://a.test/").unwrap()]);
+        assert!(p.backup.is_empty());
+        assert_eq!((p.min, p.max), (2, 64));
+        assert_eq!(p.connect_timeout, Duration::from_secs(5));
+        assert_eq!(p.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(p.heartbeat_timeout, Duration::from_secs(2));
+        assert_eq!(p.write_timeout, Duration::from_secs(5));
+        assert_eq!(p.backoff_base, Duration::from_millis(100));
+        assert_eq!(p.backoff_max, Duration::from_secs(30));
+        assert_eq!(p.backoff_reset, Duration::from_secs(30));
+        assert_eq!(p.down_after, 3);
+        assert!(p.headers.is_empty());
+        assert!(p.on_connect.is_empty());
+        assert_eq!(p.max_message_size, 16 * 1024 * 1024);
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let text = r#"
+[daemon]
+state_dir = "/srv/state"
+max_connections = 10
+listen = "[::1]:7000"
+admin = "127.0.0.1:0"
+
+[alerts]
+syslog = false
+syslog_socket = "/run/log"
+syslog_facility = "local3"
+grace = "0s"
+
+[pools.b]
+endpoints = ["wss://b.test/"]
+
+[pools.a]
+path = "/alpha"
+endpoints = ["ws://a1.test/x", "ws://a2.test/x"]
+backup = ["ws://a3.test/x"]
+min = 1
+max = 1
+connect_timeout = "1s"
+heartbeat_interval = "1.5s"
+heartbeat_timeout = "250ms"
+write_timeout = "1m"
+backoff_base = "1s"
+backoff_max = "1s"
+backoff_reset = "1h"
+down_after = 1
+headers = { Authorization = "Bearer ${TOKEN}", X-Two = "2" }
+on_connect = ["one", "two"]
+max_message_size = "1KiB"
+"#;
+        let c = parse(text).unwrap();
+        assert_eq!(c.daemon.state_dir, PathBuf::from("/srv/state"));
+        assert_eq!(c.daemon.max_connections, 10);
+        assert_eq!(c.daemon.listen, "[::1]:7000".parse().unwrap());
+        assert_eq!(c.daemon.admin, "127.0.0.1:0".parse().unwrap());
+        assert!(!c.alerts.syslog);
+        assert_eq!(c.alerts.syslog_socket, PathBuf::from("/run/log"));
+        assert_eq!(facility_name(c.alerts.syslog_facility), "local3");
+        assert_eq!(c.alerts.grace, Duration::ZERO);
+        let names: Vec<&str> = c.pools.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"], "pools are sorted by name");
+        let a = &c.pools[0];
+        assert_eq!(a.path, "/alpha");
+        assert_eq!(a.endpoints.len(), 2);
+        assert_eq!(a.backup[0].host, "a3.test");
+        assert_eq!((a.min, a.max, a.down_after), (1, 1, 1));
+        assert_eq!(a.heartbeat_interval, Duration::from_millis(1500));
+        assert_eq!(a.heartbeat_timeout, Duration::from_millis(250));
+        assert_eq!(a.write_timeout, Duration::from_secs(60));
+        assert_eq!(a.backoff_reset, Duration::from_secs(3600));
+        assert_eq!(
+            a.headers,
+            vec![
+                ("Authorization".to_string(), "Bearer s3cret".to_string()),
+                ("X-Two".to_string(), "2".to_string())
+            ]
+        );
+        assert_eq!(a.on_connect, ["one", "two"]);
+        assert_eq!(a.max_message_size, 1024);
+        assert_eq!(c.pools[1].path, "/b");
+    }
+
+    #[test]
+    fn display_of_errors() {
+        let read = ConfigError::Read {
+            path: PathBuf::from(ORIGIN),
+            source: io::Error::from_raw_os_error(2),
+        };
+        assert_eq!(
+            read.to_string(),
+            "/etc/x.toml: cannot read: No such file or directory (os error 2)"
+        );
+        assert!(std::error::Error::source(&read).is_some());
+        let err = pool_error("\n\n\n\n\n\n\n\nheartbeat_interval = \"5x\"").2;
+        assert_eq!(
+            err,
+            "invalid duration \"5x\" for heartbeat_interval: expected a number and a unit (ms, s, m, h), e.g. \"500ms\""
+        );
+        let text = "[pools.p]\nendpoints = [\"ws://a.test/\"]\n\n\n\n\n\n\n\n\n\nheartbeat_interval = \"5x\"\n";
+        let err = parse(text).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/etc/x.toml:12:22: invalid duration \"5x\" for heartbeat_interval: expected a number and a unit (ms, s, m, h), e.g. \"500ms\""
+        );
+        let bare = ConfigError::Invalid {
+            origin: "<demo>".into(),
+            line: None,
+            column: None,
+            message: "m".into(),
+        };
+        assert_eq!(bare.to_string(), "<demo>: m");
+    }
+
+    #[test]
+    fn load_reads_the_file_and_names_it() {
+        let dir = std::env::temp_dir().join(format!("wspoold-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.toml");
+        match Config::load(&missing) {
+            Err(ConfigError::Read { path, source }) => {
+                assert_eq!(path, missing);
+                assert_eq!(source.kind(), io::ErrorKind::NotFound);
+            }
+            other => panic!("expected a read error, got {other:?}"),
+        }
+        let good = dir.join("good.toml");
+        std::fs::write(&good, "[alerts]\nsyslog = false\n").unwrap();
+        let config = Config::load(&good).unwrap();
+        assert_eq!(config.origin, good.display().to_string());
+        let binary = dir.join("binary.toml");
+        std::fs::write(&binary, b"[alerts]\nsyslog = \xff\n").unwrap();
+        let err = Config::load(&binary).unwrap_err().to_string();
+        assert_eq!(err, format!("{}:2:10: not valid UTF-8", binary.display()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn syntax_error_has_its_place() {
+        let (line, column, message) = error("[daemon]\nlisten = 127.0.0.1\n");
+        assert_eq!((line, column), (2, 15));
+        assert_eq!(message, "invalid TOML: invalid float, expected nothing");
+        assert_eq!(
+            error("[alerts]\nsyslog = true\nsyslog = false\n"),
+            (3, 1, "invalid TOML: duplicate key `syslog`".to_string())
+        );
+        assert_eq!(
+            error("[daemon]\nlisten = \"127.0.0.1:9400\n"),
+            (
+                2,
+                25,
+                "invalid TOML: invalid basic string, expected `\"`".to_string()
+            )
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_table() {
+        let (line, column, message) = error("[demon]\n");
+        assert_eq!((line, column), (1, 2));
+        assert_eq!(
+            message,
+            "unknown key `demon`, expected one of `daemon`, `alerts`, `pools`"
+        );
+        let (line, column, message) = pool_error("mni = 3");
+        assert_eq!((line, column), (3, 1));
+        assert!(
+            message.starts_with("unknown key `mni` in [pools.p], expected one of `path`"),
+            "{message}"
+        );
+        let (line, column, message) = error("[daemon]\n  listen_addr = \"127.0.0.1:1\"\n");
+        assert_eq!((line, column), (2, 3));
+        assert!(
+            message.starts_with("unknown key `listen_addr` in [daemon]"),
+            "{message}"
+        );
+        assert_eq!(
+            error("[pools]\np = { endpoints = [\"ws://a/\"], mni = 1 }\n").0,
+            2
+        );
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        assert_eq!(
+            pool_error("min = \"x\""),
+            (
+                3,
+                7,
+                "invalid type for min: string \"x\", expected a whole number of at least 1"
+                    .to_string()
+            )
+        );
+        assert_eq!(
+            error("[alerts]\nsyslog = \"yes\"\n"),
+            (
+                2,
+                10,
+                "invalid type for syslog: string \"yes\", expected a boolean".to_string()
+            )
+        );
+        assert_eq!(
+            pool_error("heartbeat_interval = 2"),
+            (3, 22, "invalid type for heartbeat_interval: integer `2`, expected a duration such as \"5s\"".to_string())
+        );
+        let (line, column, message) = error("[pools.p]\nendpoints = [\"ws://a/\", 3]\n");
+        assert_eq!((line, column), (2, 25));
+        assert_eq!(
+            message,
+            "invalid type for endpoints: integer `3`, expected a ws:// or wss:// URL"
+        );
+        assert_eq!(
+            error("pools = 3\n").2,
+            "invalid type for pools: integer `3`, expected a map"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_place() {
+        assert_eq!(
+            pool_error("connect_timeout = \"-1s\""),
+            (
+                3,
+                19,
+                "invalid duration \"-1s\" for connect_timeout: must not be negative".to_string()
+            )
+        );
+        assert_eq!(
+            pool_error("heartbeat_timeout = \"0s\""),
+            (
+                3,
+                21,
+                "invalid duration \"0s\" for heartbeat_timeout: must be greater than zero"
+                    .to_string()
+            )
+        );
+        assert_eq!(pool_error("write_timeout = \"0ms\"").0, 3);
+        assert_eq!(
+            pool_error("max_message_size = \"512\""),
+            (
+                3,
+                20,
+                "invalid size \"512\" for max_message_size: must be at least 1KiB".to_string()
+            )
+        );
+        assert_eq!(
+            pool_error("max_message_size = 100"),
+            (
+                3,
+                20,
+                "invalid size 100 for max_message_size: must be at least 1KiB".to_string()
+            )
+        );
+        assert_eq!(
+            pool_error("max_message_size = \"1XB\"").2,
+            format!("invalid size \"1XB\" for max_message_size: {SIZE_FORMAT}")
+        );
+        assert_eq!(
+            pool_error("down_after = 0"),
+            (
+                3,
+                14,
+                "invalid number 0 for down_after: must be at least 1".to_string()
+            )
+        );
+        assert_eq!(
+            pool_error("min = -2").2,
+            "invalid number -2 for min: must be at least 1"
+        );
+        assert_eq!(
+            pool_error("max = 5000000000").2,
+            "invalid number 5000000000 for max: must be at most 4294967295"
+        );
+        assert_eq!(error("[daemon]\nmax_connections = 0\n").0, 2);
+        assert_eq!(
+            error("[daemon]\nlisten = \"localhost:9400\"\n"),
+            (
+                2,
+                10,
+                "invalid address \"localhost:9400\" for listen: expected IP:PORT, e.g. \"127.0.0.1:9400\" or \"[::1]:9400\""
+                    .to_string()
+            )
+        );
+        let (line, column, message) = error("[daemon]\nstate_dir = \"state\"\n");
+        assert_eq!((line, column), (2, 13));
+        assert!(
+            message.starts_with("invalid path \"state\" for state_dir: must be absolute"),
+            "{message}"
+        );
+        let (line, column, message) = error("[alerts]\nsyslog_facility = \"local8\"\n");
+        assert_eq!((line, column), (2, 19));
+        assert!(message.starts_with(
+            "unknown syslog facility \"local8\" for syslog_facility: expected one of kern, user,"
+        ));
+        assert!(message.ends_with("local6, local7"), "{message}");
+        assert_eq!(
+            pool_error("path = \"market\""),
+            (
+                3,
+                8,
+                "invalid path \"market\" for path: must start with / and contain no ?, # or spaces"
+                    .to_string()
+            )
+        );
+        assert_eq!(pool_error("path = \"/a b\"").0, 3);
+        assert_eq!(
+            error("[pools.\"a.b\"]\nendpoints = [\"ws://a/\"]\n"),
+            (
+                1,
+                8,
+                "invalid pool name \"a.b\" for pools: a pool name is letters, digits, - and _"
+                    .to_string()
+            )
+        );
+    }
+
+    #[test]
+    fn every_facility_name_is_accepted() {
+        for name in [
+            "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron",
+            "authpriv", "ftp", "local0", "local1", "local2", "local3", "local4", "local5",
+            "local6", "local7",
+        ] {
+            let c = parse(&format!("[alerts]\nsyslog_facility = \"{name}\"\n")).unwrap();
+            assert_eq!(facility_name(c.alerts.syslog_facility), name);
+        }
+    }
+
+    #[test]
+    fn bad_urls_name_the_key_and_place() {
+        let (line, column, message) =
+            error("[pools.p]\nendpoints = [\"ws://a.test/\", \"https://b.test/\"]\n");
+        assert_eq!((line, column), (2, 30));
+        assert_eq!(
+            message,
+            "invalid endpoint URL \"https://b.test/\" for endpoints: scheme https:// is not supported; expected ws:// or wss://"
+        );
+        let (line, column, message) =
+            error("[pools.p]\nendpoints = [\"ws://a.test/\"]\nbackup = [\"a.test\"]\n");
+        assert_eq!((line, column), (3, 11));
+        assert!(
+            message.starts_with("invalid endpoint URL \"a.test\" for backup: "),
+            "{message}"
+        );
+        assert_eq!(error("[pools.p]\nendpoints = [\"ws:// bad\"]\n").0, 2);
+        assert!(Endpoint::parse("ws:///path").is_err());
+        assert!(
+            Endpoint::parse("wss://user:pw@host/")
+                .unwrap_err()
+                .contains("credentials")
+        );
+        assert!(
+            Endpoint::parse("ws://host:0/")
+                .unwrap_err()
+                .contains("port 0")
+        );
+        assert_eq!(
+            Endpoint::parse("http://x/").unwrap_err(),
+            "invalid endpoint URL \"http://x/\": scheme http:// is not supported; expected ws:// or wss://"
+        );
+    }
+
+    #[test]
+    fn endpoints_parse_into_parts() {
+        let e = Endpoint::parse("ws://[::1]:9/x").unwrap();
+        assert_eq!(
+            (e.tls, e.host.as_str(), e.port, e.resource.as_str()),
+            (false, "::1", 9, "/x")
+        );
+        assert_eq!(e.to_string(), "ws://[::1]:9/x");
+        let e = Endpoint::parse("wss://[2001:db8::1]/ws?v=2").unwrap();
+        assert_eq!(
+            (e.tls, e.host.as_str(), e.port, e.resource.as_str()),
+            (true, "2001:db8::1", 443, "/ws?v=2")
+        );
+        let e = Endpoint::parse("ws://a.example.com").unwrap();
+        assert_eq!(
+            (e.host.as_str(), e.port, e.resource.as_str()),
+            ("a.example.com", 80, "/")
+        );
+        let e = Endpoint::parse("WSS://a.example.com:8443?x=1").unwrap();
+        assert_eq!((e.tls, e.port, e.resource.as_str()), (true, 8443, "/?x=1"));
+        assert_eq!(e.url, "WSS://a.example.com:8443?x=1");
+    }
+
+    #[test]
+    fn cross_key_checks_point_at_a_key_or_the_pool() {
+        assert_eq!(
+            pool_error("min = 5\nmax = 4"),
+            (4, 7, "max 4 is less than min 5 in pool p".to_string())
+        );
+        assert_eq!(
+            pool_error("min = 100"),
+            (3, 7, "max 64 is less than min 100 in pool p".to_string())
+        );
+        assert_eq!(
+            pool_error("backoff_base = \"2s\"\nbackoff_max = \"1s\""),
+            (
+                4,
+                15,
+                "backoff_max 1s is less than backoff_base 2s in pool p".to_string()
+            )
+        );
+        assert_eq!(
+            pool_error("backoff_base = \"1m\""),
+            (
+                3,
+                16,
+                "backoff_max 30s is less than backoff_base 1m in pool p".to_string()
+            )
+        );
+        assert_eq!(
+            error("\n[pools.p]\nmin = 1\n"),
+            (
+                2,
+                1,
+                "pool p has no endpoints: endpoints = [\"wss://...\"] is required".to_string()
+            )
+        );
+        assert_eq!(
+            error("[pools.p]\nendpoints = []\n"),
+            (
+                2,
+                13,
+                "pool p has an empty endpoints list: at least one primary is required".to_string()
+            )
+        );
+        assert_eq!(
+            error("[pools.p]\nendpoints = [\"ws://a.test/\"]\nbackup = [\"ws://A.test:80/\"]\n"),
+            (
+                3,
+                10,
+                "endpoint ws://A.test:80/ is listed twice in pool p".to_string()
+            )
+        );
+        let two = "[pools.a]\nendpoints = [\"ws://a/\"]\npath = \"/x\"\n[pools.b]\nendpoints = [\"ws://a/\"]\npath = \"/x\"\n";
+        assert_eq!(
+            error(two),
+            (
+                6,
+                8,
+                "pool b has path /x, already used by pool a".to_string()
+            )
+        );
+        let implicit = "[pools.a]\nendpoints = [\"ws://a/\"]\npath = \"/b\"\n[pools.b]\nendpoints = [\"ws://a/\"]\n";
+        assert_eq!(
+            error(implicit),
+            (
+                4,
+                1,
+                "pool b has path /b, already used by pool a".to_string()
+            )
+        );
+        let crowded = "[daemon]\nmax_connections = 3\n[pools.a]\nendpoints = [\"ws://a/\"]\n[pools.b]\nendpoints = [\"ws://a/\"]\n";
+        assert_eq!(
+            error(crowded),
+            (
+                2,
+                19,
+                "the pools' min add up to 4, more than max_connections 3".to_string()
+            )
+        );
+        assert_eq!(
+            error("[daemon]\nlisten = \"127.0.0.1:5\"\nadmin = \"127.0.0.1:5\"\n"),
+            (3, 9, "admin and listen are both 127.0.0.1:5".to_string())
+        );
+        assert_eq!(
+            error("[daemon]\nlisten = \"127.0.0.1:9401\"\n"),
+            (
+                2,
+                10,
+                "admin and listen are both 127.0.0.1:9401".to_string()
+            )
+        );
+        let crowded = "[pools.a]\nendpoints = [\"ws://a/\"]\nmin = 4000\nmax = 4000\n\n[pools.b]\nendpoints = [\"ws://a/\"]\nmin = 97\nmax = 97\n";
+        assert_eq!(
+            error(crowded),
+            (
+                6,
+                1,
+                "the pools' min add up to 4097, more than max_connections 4096".to_string()
+            )
+        );
+    }
+
+    #[test]
+    fn headers_are_checked() {
+        assert_eq!(
+            pool_error("headers = { \"Bad Name\" = \"x\" }"),
+            (3, 13, "invalid header name \"Bad Name\" for headers: a header name is letters, digits and !#$%&'*+-.^_`|~".to_string())
+        );
+        assert_eq!(
+            pool_error("headers = { X-Token = \"a\\nb\" }"),
+            (
+                3,
+                23,
+                "invalid header value for X-Token: it holds a control character or newline (after ${VAR} expansion)"
+                    .to_string()
+            )
+        );
+        assert_eq!(
+            pool_error("[pools.p.headers]\nsec-websocket-key = \"x\""),
+            (4, 1, "header sec-websocket-key cannot be set for headers: the WebSocket handshake sets it".to_string())
+        );
+        let (line, column, message) = pool_error("headers = { X-A = \"1\", x-a = \"2\" }");
+        assert_eq!((line, column), (3, 11));
+        assert_eq!(
+            message,
+            "header x-a is set twice (names are case-insensitive)"
+        );
+        let p = pool("[pools.p.headers]\nSec-WebSocket-Protocol = \"v2\"\nX-Empty = \"${EMPTY}\"")
+            .unwrap();
+        assert_eq!(
+            p.headers[0],
+            ("Sec-WebSocket-Protocol".to_string(), "v2".to_string())
+        );
+        assert_eq!(p.headers[1], ("X-Empty".to_string(), String::new()));
+    }
+
+    #[test]
+    fn env_expands_in_every_string_value() {
+        let text = r#"
+[daemon]
+state_dir = "/srv/${HOST}"
+listen = "127.0.0.1:${PORT}"
+[pools.p]
+path = "/${HOST}"
+endpoints = ["wss://${HOST}/ws?token=${TOKEN}"]
+heartbeat_interval = "${SECS}s"
+max_message_size = "${SECS}KiB"
+on_connect = ['{"token":"${TOKEN}","price":"$$5","bare":"$x"}']
+headers = { Authorization = "Bearer ${TOKEN}" }
+"#;
+        let env = |name: &str| match name {
+            "PORT" => Some("7777".to_string()),
+            "SECS" => Some("3".to_string()),
+            other => test_env(other),
+        };
+        let c = Config::parse_with_env(text, ORIGIN, &env).unwrap();
+        assert_eq!(c.daemon.state_dir, PathBuf::from("/srv/a.example.com"));
+        assert_eq!(c.daemon.listen.port(), 7777);
+        let p = &c.pools[0];
+        assert_eq!(p.path, "/a.example.com");
+        assert_eq!(p.endpoints[0].url, "wss://a.example.com/ws?token=s3cret");
+        assert_eq!(p.endpoints[0].host, "a.example.com");
+        assert_eq!(p.heartbeat_interval, Duration::from_secs(3));
+        assert_eq!(p.max_message_size, 3 * 1024);
+        assert_eq!(
+            p.on_connect,
+            [r#"{"token":"s3cret","price":"$5","bare":"$x"}"#]
+        );
+        assert_eq!(p.headers[0].1, "Bearer s3cret");
+    }
+
+    #[test]
+    fn env_is_not_expanded_in_keys_or_escaped_text() {
+        let p = pool("on_connect = [\"$${TOKEN}\", \"$$$$\", \"a $ b\"]").unwrap();
+        assert_eq!(p.on_connect, ["${TOKEN}", "$$", "a $ b"]);
+        // A key is taken as written: the header name is checked unexpanded.
+        let message = pool_error("[pools.p.headers]\n\"X-${TOKEN}\" = \"1\"").2;
+        assert!(
+            message.starts_with("invalid header name \"X-${TOKEN}\""),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn unset_env_variable_is_an_error_with_its_place() {
+        assert_eq!(
+            pool_error("headers = { Authorization = \"Bearer ${MISSING}\" }"),
+            (
+                3,
+                29,
+                "unset environment variable MISSING for Authorization: set it in the daemon's environment, or write $$ for a literal $"
+                    .to_string()
+            )
+        );
+        assert_eq!(
+            error("[pools.p]\nendpoints = [\"wss://${NO_HOST}/\"]\n"),
+            (
+                2,
+                14,
+                "unset environment variable NO_HOST for endpoints: set it in the daemon's environment, or write $$ for a literal $"
+                    .to_string()
+            )
+        );
+        assert_eq!(
+            pool_error("on_connect = [\"${OPEN\"]"),
+            (
+                3,
+                15,
+                "unterminated ${ for on_connect: write ${NAME}, or $$ for a literal $".to_string()
+            )
+        );
+        assert_eq!(
+            pool_error("on_connect = [\"${1X}\"]")
+                .2
+                .split(':')
+                .next()
+                .unwrap(),
+            "invalid variable name \"1X\" for on_connect"
+        );
+        assert_eq!(error("[alerts]\nsyslog_socket = \"${NOPE}/log\"\n").0, 2);
+    }
+
+    #[test]
+    fn env_comes_from_the_process_by_default() {
+        // PATH is set in any test environment; an unset name must fail.
+        assert!(Config::parse("[daemon]\nstate_dir = \"/x${PATH}\"\n", "t").is_ok());
+        let err = Config::parse(
+            "[daemon]\nstate_dir = \"/${WSPOOLD_TEST_SURELY_UNSET_VAR}\"\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("WSPOOLD_TEST_SURELY_UNSET_VAR"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        let ms = Duration::from_millis;
+        for (text, want) in [
+            ("500ms", ms(500)),
+            ("5s", ms(5000)),
+            ("2m", ms(120_000)),
+            ("1h", ms(3_600_000)),
+            ("1.5s", ms(1500)),
+            ("0.25ms", Duration::from_micros(250)),
+            ("1m30s", ms(90_000)),
+            ("1h2m3s4ms", ms(3_723_004)),
+            ("0s", Duration::ZERO),
+            ("007s", ms(7000)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for text in [
+            "",
+            "5",
+            "5x",
+            "s",
+            "-1s",
+            "1.s",
+            ".5s",
+            "1..5s",
+            "5 s",
+            " 5s",
+            "5S",
+            "1e3ms",
+            "+1s",
+            "99999999999999999999999h",
+        ] {
+            assert!(parse_duration(text).is_err(), "{text} should be rejected");
+        }
+        assert_eq!(
+            parse_duration("-1s").unwrap_err(),
+            "invalid duration \"-1s\": must not be negative"
+        );
+        assert_eq!(
+            parse_duration("").unwrap_err(),
+            "invalid duration \"\": expected a number and a unit (ms, s, m, h), e.g. \"500ms\""
+        );
+    }
+
+    #[test]
+    fn durations_format_and_read_back() {
+        for (d, text) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(500), "500ms"),
+            (Duration::from_micros(250), "0.25ms"),
+            (Duration::from_secs(2), "2s"),
+            (Duration::from_millis(1500), "1.5s"),
+            (Duration::from_secs(90), "1m30s"),
+            (Duration::from_secs(3600), "1h"),
+            (Duration::from_millis(3_723_004), "1h2m3.004s"),
+            (Duration::new(1, 1), "1.000000001s"),
+        ] {
+            assert_eq!(format_duration(d), text);
+            assert_eq!(parse_duration(text), Ok(d), "{text}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        for (text, want) in [
+            ("512", 512),
+            ("0", 0),
+            ("512B", 512),
+            ("64KiB", 64 << 10),
+            ("1MiB", 1 << 20),
+            ("16MiB", 16 << 20),
+            ("1GiB", 1 << 30),
+            ("1.5KiB", 1536),
+            ("64KB", 64_000),
+            ("2MB", 2_000_000),
+            ("1GB", 1_000_000_000),
+            ("64kib", 64 << 10),
+        ] {
+            assert_eq!(parse_size(text), Ok(want), "{text}");
+        }
+        for text in [
+            "",
+            "KiB",
+            "-1",
+            "1.5",
+            "64 KiB",
+            "64K",
+            "1TiB",
+            "1x",
+            "99999999999999999999999GiB",
+        ] {
+            assert!(parse_size(text).is_err(), "{text} should be rejected");
+        }
+        assert_eq!(
+            parse_size("-1").unwrap_err(),
+            "invalid size \"-1\": must not be negative"
+        );
+        assert_eq!(format_size(16 << 20), "16MiB");
+        assert_eq!(format_size(1024), "1KiB");
+        assert_eq!(format_size(1500), "1500B");
+        assert_eq!(
+            pool("max_message_size = 2048").unwrap().max_message_size,
+            2048
+        );
+        assert_eq!(
+            pool("max_message_size = \"2MB\"").unwrap().max_message_size,
+            2_000_000
+        );
+    }
+
+    #[test]
+    fn key_names_come_from_the_raw_structs() {
+        let keys = key_names();
+        for key in [
+            "daemon.state_dir",
+            "daemon.max_connections",
+            "daemon.listen",
+            "daemon.admin",
+            "alerts.syslog",
+            "alerts.syslog_facility",
+            "alerts.grace",
+            "pools.*.path",
+            "pools.*.endpoints",
+            "pools.*.min",
+            "pools.*.heartbeat_interval",
+            "pools.*.headers",
+            "pools.*.max_message_size",
+        ] {
+            assert!(
+                keys.contains(&key.to_string()),
+                "{key} missing from {keys:?}"
+            );
+        }
+        assert_eq!(keys.len(), 4 + 4 + 16, "{keys:?}");
+        assert_eq!(
+            keys.iter().collect::<HashSet<_>>().len(),
+            keys.len(),
+            "no duplicates"
+        );
+    }
+
+    const EXAMPLE: &str = include_str!("../systemd/wspoold.toml");
+    const MAN_PAGE: &str = include_str!("../man/wspoold.toml.5");
+
+    fn example_env(name: &str) -> Option<String> {
+        (name == "MARKET_TOKEN").then(|| "example-token".to_string())
+    }
+
+    #[test]
+    fn example_config_parses() {
+        let c = Config::parse_with_env(EXAMPLE, "systemd/wspoold.toml", &example_env).unwrap();
+        assert_eq!(c.pools.len(), 1);
+        let market = &c.pools[0];
+        assert_eq!(market.name, "market");
+        assert_eq!(market.endpoints.len(), 2);
+        assert_eq!(market.backup.len(), 1);
+        for e in market.endpoints.iter().chain(&market.backup) {
+            assert!(e.host.ends_with("example.com"), "{e}");
+        }
+        assert!(
+            market
+                .headers
+                .iter()
+                .any(|(_, v)| v.contains("example-token"))
+        );
+    }
+
+    #[test]
+    fn example_config_shows_the_defaults() {
+        let example = Config::parse_with_env(EXAMPLE, "example", &example_env).unwrap();
+        let defaults = parse("[pools.market]\nendpoints = [\"wss://a.example.com/ws\"]\n").unwrap();
+        assert_eq!(example.daemon, defaults.daemon);
+        assert_eq!(example.alerts, defaults.alerts);
+        let (e, d) = (&example.pools[0], &defaults.pools[0]);
+        let numbers = |p: &PoolConfig| {
+            (
+                (
+                    p.path.clone(),
+                    p.min,
+                    p.max,
+                    p.down_after,
+                    p.max_message_size,
+                ),
+                (
+                    p.connect_timeout,
+                    p.heartbeat_interval,
+                    p.heartbeat_timeout,
+                    p.write_timeout,
+                ),
+                (p.backoff_base, p.backoff_max, p.backoff_reset),
+            )
+        };
+        assert_eq!(numbers(e), numbers(d));
+    }
+
+    #[test]
+    fn example_config_uses_every_key() {
+        let document: toml::Table = toml::from_str(EXAMPLE).unwrap();
+        for key in key_names() {
+            let mut tables = vec![&document];
+            let parts: Vec<&str> = key.split('.').collect();
+            for (i, part) in parts.iter().enumerate() {
+                let last = i + 1 == parts.len();
+                let mut next = Vec::new();
+                for table in &tables {
+                    let children: Vec<&toml::Value> = match *part {
+                        "*" => table.values().collect(),
+                        _ => table.get(*part).into_iter().collect(),
+                    };
+                    next.extend(
+                        children
+                            .into_iter()
+                            .filter_map(|v| if last { Some(*table) } else { v.as_table() }),
+                    );
+                }
+                tables = next;
+            }
+            assert!(!tables.is_empty(), "the example config does not use {key}");
+        }
+    }
+
+    /// The keys the man page documents: `.TP` then `\fBkey\fR` under `.SH "[section]"`.
+    fn man_page_keys() -> HashSet<String> {
+        let mut keys = HashSet::new();
+        let mut section = String::new();
+        let mut lines = MAN_PAGE.lines().peekable();
+        while let Some(line) = lines.next() {
+            if let Some(heading) = line.strip_prefix(".SH ") {
+                let heading = heading.trim_matches('"');
+                section = match heading.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                    Some(table) => table.replace("NAME", "*"),
+                    None => String::new(),
+                };
+            } else if line == ".TP" && !section.is_empty() {
+                let tag = lines.peek().copied().unwrap_or_default();
+                if let Some(key) = tag
+                    .strip_prefix("\\fB")
+                    .and_then(|t| t.split("\\fR").next())
+                {
+                    keys.insert(format!("{section}.{key}"));
+                }
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn man_page_documents_every_key_and_no_other() {
+        let documented = man_page_keys();
+        let keys: HashSet<String> = key_names().into_iter().collect();
+        let mut missing: Vec<_> = keys.difference(&documented).collect();
+        let mut extra: Vec<_> = documented.difference(&keys).collect();
+        missing.sort();
+        extra.sort();
+        assert!(missing.is_empty(), "not in man/wspoold.toml.5: {missing:?}");
+        assert!(extra.is_empty(), "documented but not accepted: {extra:?}");
+    }
+}

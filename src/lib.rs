@@ -1,0 +1,16 @@
+//! wspoold keeps pools of WebSocket connections to upstream services alive and heals
+//! them without a human. See `DESIGN` in the README for how the threads fit together.
+
+pub mod alert;
+pub mod backoff;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod event;
+pub mod faults;
+pub mod health;
+pub mod monitor;
+pub mod pool;
+pub mod upstream;
+pub mod worker;

@@ -1,0 +1,333 @@
+//! The monitor: the one thread that decides. It owns every pool's state, consumes
+//! worker events, control messages and its own timers with `select!`, applies the pure
+//! pools' decisions (spawn workers, command them, raise notices), replaces workers that
+//! stopped making progress, and shuts everything down in order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, select};
+
+use crate::alert::Alerts;
+use crate::backoff::Rng;
+use crate::config::{Config, Endpoint, PoolConfig};
+use crate::event::{Cause, Command, ConnId, Control, Event, Notice, Observation, Severity};
+use crate::pool::{Action, Pool};
+use crate::worker::{self, Shared, Worker};
+
+/// The longest the monitor sleeps without looking at its timers and workers.
+const TICK: Duration = Duration::from_millis(250);
+/// How long shutdown waits for workers to finish their closing handshakes.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(4);
+/// Worker events waiting for the monitor.
+pub const EVENT_QUEUE: usize = 65_536;
+
+struct Handle {
+    pool: usize,
+    commands: Sender<Command>,
+    shared: Arc<Shared>,
+    thread: JoinHandle<()>,
+}
+
+/// One configured pool: its settings and its decision state.
+struct PoolEntry {
+    config: Arc<PoolConfig>,
+    endpoints: Vec<Endpoint>,
+    state: Pool,
+    /// A worker silent this long is stuck.
+    stuck_after: Duration,
+}
+
+pub struct Monitor {
+    pools: Vec<PoolEntry>,
+    workers: HashMap<ConnId, Handle>,
+    /// Workers given up on as stuck; joined at shutdown if they ever finish.
+    abandoned: Vec<JoinHandle<()>>,
+    events_tx: Sender<Event>,
+    events: Receiver<Event>,
+    control: Receiver<Control>,
+    alerts: Alerts,
+    observer: Option<Sender<Observation>>,
+    max_connections: usize,
+    at_limit: bool,
+}
+
+impl Monitor {
+    pub fn new(
+        config: &Config,
+        control: Receiver<Control>,
+        alerts: Alerts,
+        observer: Option<Sender<Observation>>,
+    ) -> Monitor {
+        let now = Instant::now();
+        let mut rng = Rng::from_entropy();
+        let pools = config
+            .pools
+            .iter()
+            .enumerate()
+            .map(|(index, cfg)| PoolEntry {
+                config: Arc::new(cfg.clone()),
+                endpoints: cfg.endpoints.iter().chain(&cfg.backup).cloned().collect(),
+                state: Pool::new(
+                    cfg,
+                    config.alerts.grace,
+                    index,
+                    now,
+                    Rng::new(rng.next_u64()),
+                ),
+                stuck_after: 2 * cfg
+                    .connect_timeout
+                    .max(cfg.heartbeat_interval + cfg.heartbeat_timeout + cfg.write_timeout)
+                    + Duration::from_secs(1),
+            })
+            .collect();
+        let (events_tx, events) = crossbeam_channel::bounded(EVENT_QUEUE);
+        Monitor {
+            pools,
+            workers: HashMap::new(),
+            abandoned: Vec::new(),
+            events_tx,
+            events,
+            control,
+            alerts,
+            observer,
+            max_connections: config.daemon.max_connections,
+            at_limit: false,
+        }
+    }
+
+    pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("monitor".into())
+            .spawn(move || self.run())
+    }
+
+    /// Run until told to shut down (or every control sender is gone).
+    pub fn run(mut self) {
+        let now = Instant::now();
+        for index in 0..self.pools.len() {
+            let actions = self.pools[index].state.start(now);
+            self.apply(index, actions);
+        }
+        let mut next_tick = now + TICK;
+        loop {
+            let now = Instant::now();
+            let wake = self
+                .pools
+                .iter()
+                .filter_map(|p| p.state.next_wake())
+                .min()
+                .unwrap_or(next_tick)
+                .min(next_tick);
+            select! {
+                recv(self.events) -> event => {
+                    if let Ok(event) = event {
+                        self.on_event(event, Instant::now());
+                    }
+                }
+                recv(self.control) -> control => match control {
+                    Ok(Control::Reload) => self.notice(Notice::new(
+                        Severity::Warning,
+                        "reload requested, but this version applies configuration changes only on restart",
+                    )),
+                    Ok(Control::Shutdown) | Err(_) => break,
+                },
+                default(wake.saturating_duration_since(now)) => {}
+            }
+            let now = Instant::now();
+            if now >= next_tick || now >= wake {
+                self.tick(now);
+                next_tick = now + TICK;
+            }
+        }
+        self.shutdown();
+    }
+
+    fn on_event(&mut self, event: Event, now: Instant) {
+        let id = event.id();
+        let Some(handle) = self.workers.get(&id) else {
+            // A stuck worker came back after it was replaced: ignore it.
+            return;
+        };
+        let index = handle.pool;
+        if let Event::Died { .. } = event
+            && let Some(handle) = self.workers.remove(&id)
+        {
+            // Died is the worker's last act; the join is immediate.
+            let _ = handle.thread.join();
+        }
+        let actions = self.pools[index].state.on_event(&event, now);
+        self.apply(index, actions);
+    }
+
+    fn tick(&mut self, now: Instant) {
+        self.find_stuck(now);
+        for index in 0..self.pools.len() {
+            let actions = self.pools[index].state.tick(now);
+            self.apply(index, actions);
+        }
+        self.abandoned.retain(|t| !t.is_finished());
+    }
+
+    /// A worker that stopped turning its loop cannot report itself: give up on it,
+    /// tell its pool it died, and let the pool replace it.
+    fn find_stuck(&mut self, now: Instant) {
+        let now_ms = worker::millis(now);
+        let stuck: Vec<ConnId> = self
+            .workers
+            .iter()
+            .filter(|(_, h)| {
+                let last = h.shared.progress.load(Ordering::Relaxed);
+                let limit = self.pools[h.pool].stuck_after.as_millis() as u64;
+                now_ms.saturating_sub(last) > limit && !h.thread.is_finished()
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stuck {
+            let Some(handle) = self.workers.remove(&id) else {
+                continue;
+            };
+            handle.shared.abandoned.store(true, Ordering::Relaxed);
+            handle.shared.wake.signal();
+            self.abandoned.push(handle.thread);
+            let event = Event::Died {
+                id,
+                cause: Cause::Stuck,
+                at: now,
+                last_life: None,
+            };
+            let actions = self.pools[handle.pool].state.on_event(&event, now);
+            self.apply(handle.pool, actions);
+        }
+    }
+
+    fn apply(&mut self, index: usize, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Spawn { id, endpoint } => self.start_worker(index, id, endpoint),
+                Action::Command(id, command) => self.command(id, command),
+                Action::Notice(notice) => self.notice(notice),
+            }
+        }
+        if let Some(observer) = &self.observer {
+            for observation in self.pools[index].state.take_observations() {
+                let _ = observer.send(observation);
+            }
+        } else {
+            self.pools[index].state.take_observations();
+        }
+    }
+
+    fn start_worker(&mut self, index: usize, id: ConnId, endpoint: usize) {
+        let entry = &mut self.pools[index];
+        if self.workers.len() >= self.max_connections {
+            entry.state.spawn_refused(id);
+            if !self.at_limit {
+                self.at_limit = true;
+                let text = format!(
+                    "max_connections ({}) reached: not opening more connections; raise [daemon] max_connections",
+                    self.max_connections
+                );
+                let notice = Notice::new(Severity::Warning, text).pool(entry.state.name());
+                self.notice(notice);
+            }
+            return;
+        }
+        self.at_limit = false;
+        let shared = match Shared::new() {
+            Ok(shared) => Arc::new(shared),
+            Err(e) => return self.spawn_failed(index, id, e),
+        };
+        let (commands, rx) = crossbeam_channel::unbounded();
+        let worker = Worker {
+            id,
+            pool: entry.config.clone(),
+            endpoint: entry.endpoints[endpoint].clone(),
+            events: self.events_tx.clone(),
+            commands: rx,
+            shared: shared.clone(),
+        };
+        match worker.spawn() {
+            Ok(thread) => {
+                self.workers.insert(
+                    id,
+                    Handle {
+                        pool: index,
+                        commands,
+                        shared,
+                        thread,
+                    },
+                );
+            }
+            Err(e) => self.spawn_failed(index, id, e),
+        }
+    }
+
+    /// The system refused a thread or a descriptor: say which bound was hit.
+    fn spawn_failed(&mut self, index: usize, id: ConnId, e: std::io::Error) {
+        self.pools[index].state.spawn_refused(id);
+        if !self.at_limit {
+            self.at_limit = true;
+            let text = format!(
+                "cannot start a worker thread: {e} (check LimitNOFILE, TasksMax and [daemon] max_connections)"
+            );
+            let notice = Notice::new(Severity::Critical, text).pool(self.pools[index].state.name());
+            self.notice(notice);
+        }
+    }
+
+    fn command(&self, id: ConnId, command: Command) {
+        if let Some(handle) = self.workers.get(&id) {
+            let _ = handle.commands.send(command);
+            handle.shared.wake.signal();
+        }
+    }
+
+    fn notice(&self, notice: Notice) {
+        if let Some(observer) = &self.observer {
+            let _ = observer.send(Observation::Notice(notice.clone()));
+        }
+        self.alerts.send(notice);
+    }
+
+    /// Close every connection with 1001, wait for the workers (bounded), join them.
+    fn shutdown(mut self) {
+        let started = Instant::now();
+        let total = self.workers.len();
+        for index in 0..self.pools.len() {
+            let actions = self.pools[index]
+                .state
+                .close_all(1001, "wspoold shutting down");
+            for action in actions {
+                if let Action::Command(id, command) = action {
+                    self.command(id, command);
+                }
+            }
+        }
+        let deadline = started + SHUTDOWN_WAIT;
+        while !self.workers.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if let Ok(Event::Died { id, .. }) = self.events.recv_timeout(left)
+                && let Some(handle) = self.workers.remove(&id)
+            {
+                let _ = handle.thread.join();
+            }
+        }
+        let left_over = self.workers.len();
+        let text = if left_over == 0 {
+            format!(
+                "shut down: closed {total} connection(s) in {}",
+                crate::config::format_duration(started.elapsed())
+            )
+        } else {
+            format!("shut down: {left_over} of {total} connection(s) did not close in time")
+        };
+        self.notice(Notice::new(Severity::Info, text));
+    }
+}

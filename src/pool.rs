@@ -1,0 +1,626 @@
+//! Pure pool decisions: which connections to open and where, what a death means for
+//! its endpoint, failover to other primaries and backups, failback, and when the pool's
+//! condition is worth an alert. A function of (state, event, now): no sockets, no
+//! threads, no clock reads. The monitor applies the actions it returns.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use crate::backoff::{Backoff, Rng};
+use crate::config::{PoolConfig, format_duration};
+use crate::event::{Cause, Command, ConnId, Event, Notice, Observation, Severity};
+use crate::health::{Health, State, Transition};
+
+/// What the monitor must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Start a worker for a new connection to `endpoint` (an index into the pool's list).
+    Spawn { id: ConnId, endpoint: usize },
+    /// Send a command to a worker.
+    Command(ConnId, Command),
+    /// A line for syslog (and stderr when in the foreground).
+    Notice(Notice),
+}
+
+/// How healthy the pool is, as last reported to the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    Ok,
+    Degraded,
+    Down,
+}
+
+#[derive(Debug, Clone)]
+struct EndpointSlot {
+    url: String,
+    backup: bool,
+    health: Health,
+    connecting: u32,
+    connected: u32,
+}
+
+#[derive(Debug, Clone)]
+struct Conn {
+    endpoint: usize,
+    started: Instant,
+    connected: bool,
+    /// Passed at least one heartbeat.
+    proven: bool,
+    retiring: bool,
+}
+
+/// One pool's state, owned by the monitor.
+#[derive(Debug)]
+pub struct Pool {
+    name: String,
+    min: usize,
+    grace: Duration,
+    warmup: Duration,
+    endpoints: Vec<EndpointSlot>,
+    conns: BTreeMap<ConnId, Conn>,
+    next_id: ConnId,
+    started: Instant,
+    warm: bool,
+    below_since: Option<Instant>,
+    reported: Condition,
+    last_healthy: usize,
+    rng: Rng,
+    /// Structured records for the demo and tests, drained by the monitor.
+    observations: Vec<Observation>,
+}
+
+impl Pool {
+    /// `index` keeps connection ids unique across pools.
+    pub fn new(cfg: &PoolConfig, grace: Duration, index: usize, now: Instant, rng: Rng) -> Pool {
+        let slot = |url: String, backup: bool| EndpointSlot {
+            url,
+            backup,
+            health: Health::new(
+                cfg.down_after,
+                Backoff::new(cfg.backoff_base, cfg.backoff_max),
+                cfg.backoff_reset,
+                now,
+            ),
+            connecting: 0,
+            connected: 0,
+        };
+        let endpoints = cfg
+            .endpoints
+            .iter()
+            .map(|e| slot(e.url.clone(), false))
+            .chain(cfg.backup.iter().map(|e| slot(e.url.clone(), true)))
+            .collect();
+        Pool {
+            name: cfg.name.clone(),
+            min: cfg.min,
+            grace,
+            warmup: cfg.connect_timeout + grace,
+            endpoints,
+            conns: BTreeMap::new(),
+            next_id: ((index as u64) << 40) + 1,
+            started: now,
+            warm: false,
+            below_since: None,
+            reported: Condition::Ok,
+            last_healthy: 0,
+            rng,
+            observations: Vec::new(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Connections that finished their handshake and have not died.
+    pub fn healthy(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|c| c.connected && !c.retiring)
+            .count()
+    }
+
+    pub fn connecting(&self) -> usize {
+        self.conns.values().filter(|c| !c.connected).count()
+    }
+
+    pub fn min(&self) -> usize {
+        self.min
+    }
+
+    pub fn condition(&self) -> Condition {
+        self.reported
+    }
+
+    pub fn endpoint_url(&self, endpoint: usize) -> &str {
+        &self.endpoints[endpoint].url
+    }
+
+    pub fn endpoint_state(&self, endpoint: usize) -> State {
+        self.endpoints[endpoint].health.state()
+    }
+
+    /// Which endpoint a live connection belongs to.
+    pub fn endpoint_of(&self, id: ConnId) -> Option<usize> {
+        self.conns.get(&id).map(|c| c.endpoint)
+    }
+
+    pub fn conn_ids(&self) -> impl Iterator<Item = ConnId> + '_ {
+        self.conns.keys().copied()
+    }
+
+    pub fn take_observations(&mut self) -> Vec<Observation> {
+        std::mem::take(&mut self.observations)
+    }
+
+    /// Open the first connections.
+    pub fn start(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.fill(now, &mut actions);
+        actions
+    }
+
+    /// Apply a worker's report.
+    pub fn on_event(&mut self, event: &Event, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        match event {
+            Event::Connected { id, .. } => self.connected(*id, now),
+            Event::Heartbeat {
+                id,
+                sent,
+                rtt: Some(rtt),
+            } => self.heartbeat(*id, *sent, *rtt, now, &mut actions),
+            Event::Heartbeat { rtt: None, .. } => {}
+            Event::Died {
+                id,
+                cause,
+                at,
+                last_life,
+            } => self.died(*id, cause, *at, *last_life, now, &mut actions),
+        }
+        self.after_change(now, &mut actions);
+        actions
+    }
+
+    /// Timers: backoff expiry, grace periods, warm-up, failback.
+    pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+        for slot in &mut self.endpoints {
+            slot.health.tick(now);
+        }
+        let mut actions = Vec::new();
+        self.after_change(now, &mut actions);
+        actions
+    }
+
+    /// The monitor could not start the worker for `id` (a daemon-wide bound was hit).
+    pub fn spawn_refused(&mut self, id: ConnId) {
+        if let Some(conn) = self.conns.remove(&id) {
+            self.endpoints[conn.endpoint].connecting -= 1;
+        }
+    }
+
+    /// Close every connection (shutdown or pool removal).
+    pub fn close_all(&mut self, code: u16, reason: &str) -> Vec<Action> {
+        self.conns
+            .iter_mut()
+            .map(|(id, conn)| {
+                conn.retiring = true;
+                Action::Command(*id, Command::Close(code, reason.to_string()))
+            })
+            .collect()
+    }
+
+    /// The earliest moment `tick` has something to do.
+    pub fn next_wake(&self) -> Option<Instant> {
+        let attempts = self
+            .endpoints
+            .iter()
+            .filter_map(|slot| slot.health.next_attempt());
+        let grace = self
+            .below_since
+            .filter(|_| self.warm)
+            .map(|since| since + self.grace);
+        let warmup = (!self.warm).then_some(self.started + self.warmup);
+        attempts.chain(grace).chain(warmup).min()
+    }
+
+    fn connected(&mut self, id: ConnId, now: Instant) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.connected {
+            return;
+        }
+        conn.connected = true;
+        let slot = &mut self.endpoints[conn.endpoint];
+        slot.connecting -= 1;
+        slot.connected += 1;
+        self.observations.push(Observation::Connected {
+            pool: self.name.clone(),
+            endpoint: slot.url.clone(),
+            id,
+            at: now,
+        });
+    }
+
+    fn heartbeat(
+        &mut self,
+        id: ConnId,
+        sent: Instant,
+        rtt: Duration,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.proven = true;
+        let slot = &mut self.endpoints[conn.endpoint];
+        if let Some(Transition::Up { from, since }) = slot.health.passed_heartbeat(sent, now) {
+            let text = match from {
+                State::Suspect => format!(
+                    "endpoint trusted again: a connection answered a heartbeat in {} after it was suspect for {}",
+                    format_rtt(rtt),
+                    format_duration(now.saturating_duration_since(since))
+                ),
+                _ => format!(
+                    "endpoint back up: probe passed a heartbeat in {} after {} down; back in rotation",
+                    format_rtt(rtt),
+                    format_duration(now.saturating_duration_since(since))
+                ),
+            };
+            let severity = Severity::Info;
+            actions.push(Action::Notice(
+                Notice::new(severity, text)
+                    .pool(&self.name)
+                    .endpoint(&slot.url),
+            ));
+        }
+    }
+
+    fn died(
+        &mut self,
+        id: ConnId,
+        cause: &Cause,
+        at: Instant,
+        last_life: Option<Instant>,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) {
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
+        let index = conn.endpoint;
+        {
+            let slot = &mut self.endpoints[index];
+            if conn.connected {
+                slot.connected -= 1;
+            } else {
+                slot.connecting -= 1;
+            }
+        }
+        self.observations.push(Observation::Died {
+            pool: self.name.clone(),
+            endpoint: self.endpoints[index].url.clone(),
+            id,
+            cause: cause.clone(),
+            at,
+            last_life,
+        });
+        if conn.retiring || *cause == Cause::Retired {
+            return;
+        }
+        // A connection that never proved itself, or that died of a sick path, counts
+        // against its endpoint; an upstream that closes a healthy connection does not.
+        let counts = cause.is_connect_failure()
+            || cause.suspects_endpoint()
+            || matches!(cause, Cause::Protocol(_))
+            || !conn.proven;
+        let before = self.endpoints[index].health.state();
+        let transition = if counts {
+            self.endpoints[index].health.failed(cause, now, &mut self.rng)
+        } else {
+            None
+        };
+        let what = if conn.connected {
+            format!(
+                "connection {id} died after {}: {cause}",
+                format_duration(now.saturating_duration_since(conn.started))
+            )
+        } else {
+            format!("connect attempt {id} failed: {cause}")
+        };
+        let url = self.endpoints[index].url.clone();
+        match transition {
+            Some(Transition::Suspect) => {
+                let pinged = self.ping_endpoint(index, actions);
+                let text = format!(
+                    "endpoint suspect: {what}; pinging its {pinged} other connection(s) now, replacements go to {}",
+                    self.elsewhere(index)
+                );
+                actions.push(Action::Notice(
+                    Notice::new(Severity::Info, text)
+                        .pool(&self.name)
+                        .endpoint(&url),
+                ));
+            }
+            Some(Transition::Down) => {
+                let health = &self.endpoints[index].health;
+                let retry = health
+                    .next_attempt()
+                    .map(|t| format_duration(t.saturating_duration_since(now)))
+                    .unwrap_or_default();
+                let text = format!(
+                    "endpoint down after {} consecutive failures (last: {what}); new connections go to {}; next probe in {retry}",
+                    health.failures(),
+                    self.elsewhere(index)
+                );
+                actions.push(Action::Notice(
+                    Notice::new(Severity::Warning, text)
+                        .pool(&self.name)
+                        .endpoint(&url),
+                ));
+            }
+            Some(Transition::Up { .. }) => {}
+            // Deaths on an endpoint already out of rotation are folded into its state
+            // change; they are counted, not logged one by one.
+            None if before == State::Up => {
+                let text = format!("{what}; replacing it");
+                actions.push(Action::Notice(
+                    Notice::new(Severity::Info, text)
+                        .pool(&self.name)
+                        .endpoint(&url),
+                ));
+            }
+            None => {}
+        }
+    }
+
+    /// Ask every connected worker of an endpoint to prove itself now.
+    fn ping_endpoint(&self, index: usize, actions: &mut Vec<Action>) -> usize {
+        let mut n = 0;
+        for (id, conn) in &self.conns {
+            if conn.endpoint == index && conn.connected && !conn.retiring {
+                actions.push(Action::Command(*id, Command::PingNow));
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Where replacements go while `index` is out of rotation, for log lines.
+    fn elsewhere(&self, index: usize) -> String {
+        let up: Vec<&str> = self
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| *i != index && s.health.state() == State::Up)
+            .filter(|(_, s)| !s.backup || !self.primary_up())
+            .map(|(_, s)| s.url.as_str())
+            .collect();
+        if up.is_empty() {
+            "no endpoint: none is up".to_string()
+        } else {
+            up.join(", ")
+        }
+    }
+
+    fn primary_up(&self) -> bool {
+        self.endpoints
+            .iter()
+            .any(|s| !s.backup && s.health.state() == State::Up)
+    }
+
+    /// The endpoint for the next connection: the least loaded primary that is up, else
+    /// the least loaded backup that is up, else an endpoint whose backoff allows an
+    /// attempt (primaries first).
+    fn choose(&self, now: Instant) -> Option<usize> {
+        let least_loaded = |backup: bool| {
+            self.endpoints
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.backup == backup && s.health.state() == State::Up)
+                .min_by_key(|(i, s)| (s.connected + s.connecting, *i))
+                .map(|(i, _)| i)
+        };
+        least_loaded(false).or_else(|| least_loaded(true)).or_else(|| {
+            self.endpoints
+                .iter()
+                .position(|s| s.health.may_attempt(now, s.connecting))
+        })
+    }
+
+    fn spawn(&mut self, endpoint: usize, now: Instant, actions: &mut Vec<Action>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        let slot = &mut self.endpoints[endpoint];
+        slot.health.attempting(now);
+        slot.connecting += 1;
+        self.conns.insert(
+            id,
+            Conn {
+                endpoint,
+                started: now,
+                connected: false,
+                proven: false,
+                retiring: false,
+            },
+        );
+        actions.push(Action::Spawn { id, endpoint });
+    }
+
+    fn live(&self) -> usize {
+        self.conns.values().filter(|c| !c.retiring).count()
+    }
+
+    /// Keep `min` connections; while connections sit on backups and a primary is up, run
+    /// one over `min` so a backup connection can be retired once the primary one is up
+    /// (failback without dipping below `min`).
+    fn fill(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let on_backup = self
+            .conns
+            .values()
+            .any(|c| !c.retiring && self.endpoints[c.endpoint].backup);
+        let target = self.min + usize::from(on_backup && self.primary_up());
+        while self.live() < target {
+            let Some(endpoint) = self.choose(now) else {
+                break;
+            };
+            self.spawn(endpoint, now, actions);
+        }
+        // Probe primaries that are out of rotation even while the pool is full, so they
+        // can come back; the surplus is trimmed once they do.
+        for index in 0..self.endpoints.len() {
+            let slot = &self.endpoints[index];
+            if !slot.backup
+                && slot.health.state() != State::Up
+                && slot.health.may_attempt(now, slot.connecting)
+            {
+                self.spawn(index, now, actions);
+            }
+        }
+    }
+
+    /// Retire one surplus connection at a time, once nothing is connecting: backups
+    /// first while a primary is up, then the busiest endpoint.
+    fn trim(&mut self, actions: &mut Vec<Action>) {
+        if self.connecting() > 0 || self.live() <= self.min {
+            return;
+        }
+        let primary_up = self.primary_up();
+        let victim = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.connected && !c.retiring)
+            .max_by_key(|(id, c)| {
+                let slot = &self.endpoints[c.endpoint];
+                (
+                    slot.backup && primary_up,
+                    slot.health.state() != State::Up,
+                    slot.connected,
+                    **id,
+                )
+            })
+            .map(|(id, _)| *id);
+        if let Some(id) = victim
+            && let Some(conn) = self.conns.get_mut(&id)
+        {
+            conn.retiring = true;
+            actions.push(Action::Command(
+                id,
+                Command::Close(1000, "surplus connection".to_string()),
+            ));
+        }
+    }
+
+    fn after_change(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        self.fill(now, actions);
+        self.trim(actions);
+        self.assess(now, actions);
+    }
+
+    /// Compare the pool's health with what was last reported and tell the operator
+    /// about changes. Warm-up at start is never an alert.
+    fn assess(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let healthy = self.healthy();
+        if healthy != self.last_healthy {
+            self.last_healthy = healthy;
+            self.observations.push(Observation::Health {
+                pool: self.name.clone(),
+                healthy,
+                min: self.min,
+                at: now,
+            });
+        }
+        if !self.warm {
+            if healthy >= self.min {
+                self.warm = true;
+                let text = format!(
+                    "pool warm: {healthy}/{} connections up in {}",
+                    self.min,
+                    format_duration(now.saturating_duration_since(self.started))
+                );
+                actions.push(Action::Notice(
+                    Notice::new(Severity::Info, text).pool(&self.name),
+                ));
+            } else if now >= self.started + self.warmup {
+                self.warm = true;
+                self.below_since = Some(self.started);
+            } else {
+                return;
+            }
+        }
+        if healthy >= self.min {
+            if let Some(since) = self.below_since.take()
+                && self.reported != Condition::Ok
+            {
+                let text = format!(
+                    "pool recovered: {healthy}/{} healthy connections after {} below min (was {})",
+                    self.min,
+                    format_duration(now.saturating_duration_since(since)),
+                    severity_of(self.reported).label()
+                );
+                actions.push(Action::Notice(
+                    Notice::new(Severity::Info, text).pool(&self.name),
+                ));
+            }
+            self.reported = Condition::Ok;
+            return;
+        }
+        let since = *self.below_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < self.grace {
+            return;
+        }
+        let condition = if healthy == 0 {
+            Condition::Down
+        } else {
+            Condition::Degraded
+        };
+        if condition == self.reported {
+            return;
+        }
+        self.reported = condition;
+        let up: Vec<&str> = self
+            .endpoints
+            .iter()
+            .filter(|s| s.health.state() == State::Up)
+            .map(|s| s.url.as_str())
+            .collect();
+        let doing = if up.is_empty() {
+            "no endpoint is up; probing each on its backoff".to_string()
+        } else {
+            format!("connecting to {}", up.join(", "))
+        };
+        let text = match condition {
+            Condition::Down => format!(
+                "pool down: no healthy connection for {} (min {}); {doing}",
+                format_duration(now.saturating_duration_since(since)),
+                self.min
+            ),
+            _ => format!(
+                "pool degraded: {healthy}/{} healthy connections for {}; {doing}",
+                self.min,
+                format_duration(now.saturating_duration_since(since))
+            ),
+        };
+        actions.push(Action::Notice(
+            Notice::new(severity_of(condition), text).pool(&self.name),
+        ));
+    }
+}
+
+fn severity_of(condition: Condition) -> Severity {
+    match condition {
+        Condition::Ok => Severity::Info,
+        Condition::Degraded => Severity::Warning,
+        Condition::Down => Severity::Critical,
+    }
+}
+
+fn format_rtt(rtt: Duration) -> String {
+    format!("{:.1}ms", rtt.as_secs_f64() * 1000.0)
+}
+
+#[cfg(test)]
+#[path = "pool_tests.rs"]
+mod tests;

@@ -1,0 +1,411 @@
+//! One pooled upstream connection's thread, and the only owner of its socket: dial,
+//! then serve — heartbeats, answering the server's pings, any inbound frame as proof of
+//! life — blocking in `poll(2)` on the socket and a wake descriptor with the next
+//! deadline as the timeout. When the connection ends it reports why and exits.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use tungstenite::protocol::CloseFrame;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::{Message, WebSocket};
+
+use crate::config::{Endpoint, PoolConfig};
+use crate::event::{Cause, Command, ConnId, Event};
+use crate::upstream::{self, Stream};
+
+/// How long a closing handshake may take before the socket is simply dropped.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Milliseconds since the first call, as a cheap timestamp an atomic can hold.
+pub fn millis(at: Instant) -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    at.saturating_duration_since(base).as_millis() as u64
+}
+
+/// An eventfd the monitor writes to after sending a command, so the worker's poll
+/// returns at once.
+#[derive(Debug)]
+pub struct Wake(OwnedFd);
+
+impl Wake {
+    pub fn new() -> io::Result<Wake> {
+        // SAFETY: eventfd takes no pointers; a non-negative result is a descriptor we own.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd was just returned by eventfd and is owned by nobody else.
+        Ok(Wake(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    pub fn signal(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our own descriptor. A full counter
+        // (EAGAIN) means a wake is already pending, which is all we need.
+        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    }
+
+    fn drain(&self) {
+        let mut count: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from our own non-blocking descriptor.
+        unsafe { libc::read(self.0.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+    }
+
+    fn fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// What the monitor and a worker share besides channels.
+#[derive(Debug)]
+pub struct Shared {
+    /// `millis()` of the worker's last turn of its loop; a stale value means stuck.
+    pub progress: AtomicU64,
+    /// Set by the monitor when it gave up on a stuck worker: exit quietly if you return.
+    pub abandoned: AtomicBool,
+    pub wake: Wake,
+}
+
+impl Shared {
+    pub fn new() -> io::Result<Shared> {
+        Ok(Shared {
+            progress: AtomicU64::new(millis(Instant::now())),
+            abandoned: AtomicBool::new(false),
+            wake: Wake::new()?,
+        })
+    }
+
+    fn touch(&self, now: Instant) {
+        self.progress.store(millis(now), Ordering::Relaxed);
+    }
+}
+
+/// Everything a worker thread needs, built before it is spawned.
+pub struct Worker {
+    pub id: ConnId,
+    pub pool: Arc<PoolConfig>,
+    pub endpoint: Endpoint,
+    pub events: Sender<Event>,
+    pub commands: Receiver<Command>,
+    pub shared: Arc<Shared>,
+}
+
+impl Worker {
+    pub fn spawn(self) -> io::Result<JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name(format!("worker-{}", self.id & 0xff_ffff))
+            .stack_size(256 * 1024)
+            .spawn(move || self.run())
+    }
+
+    /// Dial, serve until the connection ends, report why.
+    pub fn run(self) {
+        let started = Instant::now();
+        self.shared.touch(started);
+        let touch = || self.shared.touch(Instant::now());
+        let (cause, last_life) = match upstream::connect(&self.endpoint, &self.pool, &touch) {
+            Err(cause) => (cause, None),
+            Ok(conn) => {
+                let _ = self.events.send(Event::Connected {
+                    id: self.id,
+                    peer: conn.peer,
+                    took: started.elapsed(),
+                });
+                let mut serve = Serve::new(&self, conn.ws);
+                let cause = serve.run();
+                (cause, Some(serve.last_life))
+            }
+        };
+        if self.shared.abandoned.load(Ordering::Relaxed) {
+            return;
+        }
+        let _ = self.events.send(Event::Died {
+            id: self.id,
+            cause,
+            at: Instant::now(),
+            last_life,
+        });
+    }
+}
+
+/// The serving phase of one connection.
+struct Serve<'a> {
+    worker: &'a Worker,
+    ws: WebSocket<Stream>,
+    last_life: Instant,
+    next_ping: Instant,
+    /// The heartbeat awaiting its pong: payload and when it was sent.
+    ping: Option<(u64, Instant)>,
+    seq: u64,
+    /// Since when output has been waiting for the socket to drain.
+    pending_since: Option<Instant>,
+    /// A closing handshake under way: its deadline and what to report when it ends.
+    closing: Option<(Instant, Cause)>,
+}
+
+impl<'a> Serve<'a> {
+    fn new(worker: &'a Worker, ws: WebSocket<Stream>) -> Serve<'a> {
+        let now = Instant::now();
+        Serve {
+            worker,
+            ws,
+            last_life: now,
+            // The first heartbeat goes out at once: it measures the round trip and is
+            // what lets a probe bring its endpoint back.
+            next_ping: now,
+            ping: None,
+            seq: 0,
+            pending_since: None,
+            closing: None,
+        }
+    }
+
+    fn run(&mut self) -> Cause {
+        loop {
+            let now = Instant::now();
+            self.worker.shared.touch(now);
+            if self.worker.shared.abandoned.load(Ordering::Relaxed) {
+                return Cause::Stuck;
+            }
+            if let Err(cause) = self.step(now) {
+                return self.finish(cause);
+            }
+            if let Err(e) = self.wait(now) {
+                return Cause::Io(format!("poll: {e}"));
+            }
+        }
+    }
+
+    /// A retirement we asked for ends as `Retired`, whatever the socket said on the way.
+    fn finish(&mut self, cause: Cause) -> Cause {
+        match &self.closing {
+            Some((_, Cause::Retired)) => Cause::Retired,
+            Some((_, closed @ Cause::Closed(..))) if cause != Cause::Reset => closed.clone(),
+            _ => cause,
+        }
+    }
+
+    /// One turn: commands, timers, reads, writes.
+    fn step(&mut self, now: Instant) -> Result<(), Cause> {
+        while let Ok(command) = self.worker.commands.try_recv() {
+            match command {
+                Command::PingNow => self.next_ping = now,
+                Command::Close(code, reason) => self.close(code, &reason, Cause::Retired, now),
+            }
+        }
+        self.timers(now)?;
+        self.read(now)?;
+        self.flush(now)
+    }
+
+    fn timers(&mut self, now: Instant) -> Result<(), Cause> {
+        let pool = &self.worker.pool;
+        if let Some((deadline, cause)) = &self.closing {
+            if now >= *deadline {
+                return Err(cause.clone());
+            }
+            return Ok(());
+        }
+        if let Some((_, sent)) = self.ping
+            && now >= sent + pool.heartbeat_timeout
+        {
+            self.ping = None;
+            let _ = self.worker.events.send(Event::Heartbeat {
+                id: self.worker.id,
+                sent,
+                rtt: None,
+            });
+        }
+        if now >= self.last_life + pool.heartbeat_interval + pool.heartbeat_timeout {
+            return Err(Cause::HeartbeatTimeout);
+        }
+        if let Some(since) = self.pending_since
+            && now >= since + pool.write_timeout
+        {
+            return Err(Cause::WriteStall);
+        }
+        if now >= self.next_ping {
+            self.seq += 1;
+            let payload = self.seq.to_be_bytes().to_vec();
+            self.ping = Some((self.seq, now));
+            self.next_ping = now + pool.heartbeat_interval;
+            self.write(Message::Ping(payload.into()), now)?;
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, code: u16, reason: &str, then: Cause, now: Instant) {
+        if self.closing.is_some() {
+            return;
+        }
+        self.closing = Some((now + CLOSE_WAIT, then));
+        let frame = CloseFrame {
+            code: CloseCode::from(code),
+            reason: reason.into(),
+        };
+        // Errors surface on the next read or flush.
+        let _ = self.ws.close(Some(frame));
+    }
+
+    fn write(&mut self, message: Message, now: Instant) -> Result<(), Cause> {
+        match self.ws.write(message) {
+            Ok(()) => Ok(()),
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.pending_since.get_or_insert(now);
+                Ok(())
+            }
+            Err(tungstenite::Error::WriteBufferFull(_)) => Err(Cause::WriteStall),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    /// Read until the socket would block: rustls may hold decrypted bytes that the
+    /// descriptor no longer shows as readable.
+    fn read(&mut self, now: Instant) -> Result<(), Cause> {
+        loop {
+            match self.ws.read() {
+                Ok(message) => {
+                    self.last_life = now;
+                    self.on_message(message, now);
+                }
+                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok(());
+                }
+                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+                    return Err(match self.closing.take() {
+                        Some((_, cause)) => cause,
+                        None => Cause::Closed(1006, "no close frame".into()),
+                    });
+                }
+                Err(e) => return Err(classify(e)),
+            }
+        }
+    }
+
+    fn on_message(&mut self, message: Message, now: Instant) {
+        match message {
+            Message::Pong(payload) => {
+                if let Some((seq, sent)) = self.ping
+                    && payload.as_ref() == seq.to_be_bytes()
+                {
+                    self.ping = None;
+                    let _ = self.worker.events.send(Event::Heartbeat {
+                        id: self.worker.id,
+                        sent,
+                        rtt: Some(now.saturating_duration_since(sent)),
+                    });
+                }
+            }
+            Message::Close(frame) => {
+                let (code, reason) = frame
+                    .map(|f| (u16::from(f.code), f.reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                // tungstenite queued the reply; wait briefly for the server to hang up.
+                if self.closing.is_none() {
+                    self.closing = Some((now + CLOSE_WAIT, Cause::Closed(code, reason)));
+                }
+            }
+            // Data frames are proof of life; forwarding them is the bridge's job.
+            Message::Text(_) | Message::Binary(_) | Message::Ping(_) | Message::Frame(_) => {}
+        }
+    }
+
+    fn flush(&mut self, now: Instant) -> Result<(), Cause> {
+        match self.ws.flush() {
+            Ok(()) => {
+                self.pending_since = None;
+                Ok(())
+            }
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.pending_since.get_or_insert(now);
+                Ok(())
+            }
+            Err(tungstenite::Error::ConnectionClosed) => Err(self
+                .closing
+                .take()
+                .map(|(_, cause)| cause)
+                .unwrap_or(Cause::Closed(1006, "no close frame".into()))),
+            Err(e) => Err(classify(e)),
+        }
+    }
+
+    /// The earliest deadline of this connection.
+    fn deadline(&self) -> Instant {
+        let pool = &self.worker.pool;
+        if let Some((deadline, _)) = &self.closing {
+            return *deadline;
+        }
+        let mut deadline = (self.last_life + pool.heartbeat_interval + pool.heartbeat_timeout)
+            .min(self.next_ping);
+        if let Some((_, sent)) = self.ping {
+            deadline = deadline.min(sent + pool.heartbeat_timeout);
+        }
+        if let Some(since) = self.pending_since {
+            deadline = deadline.min(since + pool.write_timeout);
+        }
+        deadline
+    }
+
+    /// Block until the socket or the wake descriptor is ready, or the next deadline.
+    fn wait(&mut self, now: Instant) -> io::Result<()> {
+        let timeout = self.deadline().saturating_duration_since(now);
+        let mut events = libc::POLLIN;
+        if self.pending_since.is_some() {
+            events |= libc::POLLOUT;
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: self.ws.get_ref().as_raw_fd(),
+                events,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.worker.shared.wake.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        poll(&mut fds, timeout)?;
+        if fds[1].revents != 0 {
+            self.worker.shared.wake.drain();
+        }
+        Ok(())
+    }
+}
+
+/// `poll(2)` with the timeout rounded up to whole milliseconds, so a deadline is never
+/// polled for early and spun on. EINTR counts as a wake.
+pub fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
+    let millis = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    // SAFETY: fds is a valid, exclusively borrowed slice of pollfd for the whole call.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(n as usize)
+}
+
+/// Map a tungstenite error on a live connection to a cause of death.
+fn classify(e: tungstenite::Error) -> Cause {
+    use tungstenite::error::ProtocolError;
+    match e {
+        tungstenite::Error::Io(io) => upstream::io_cause(io),
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => Cause::Reset,
+        tungstenite::Error::Protocol(p) => Cause::Protocol(p.to_string()),
+        tungstenite::Error::Capacity(c) => Cause::Protocol(c.to_string()),
+        tungstenite::Error::Utf8(_) => Cause::Protocol("invalid utf-8 in a text message".into()),
+        tungstenite::Error::WriteBufferFull(_) => Cause::WriteStall,
+        other => Cause::Protocol(other.to_string()),
+    }
+}

@@ -106,8 +106,14 @@ mod tests {
             delays.push(b.next_delay(&mut rng));
         }
         assert!(delays.iter().all(|d| *d <= Duration::from_secs(1)));
-        let early = delays.iter().filter(|d| **d < Duration::from_millis(250)).count();
-        let late = delays.iter().filter(|d| **d > Duration::from_millis(750)).count();
+        let early = delays
+            .iter()
+            .filter(|d| **d < Duration::from_millis(250))
+            .count();
+        let late = delays
+            .iter()
+            .filter(|d| **d > Duration::from_millis(750))
+            .count();
         // Uniform: about a quarter each; far from all-at-once.
         assert!((150..350).contains(&early), "early={early}");
         assert!((150..350).contains(&late), "late={late}");

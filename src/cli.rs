@@ -167,7 +167,11 @@ mod tests {
     fn rejects_what_it_does_not_know() {
         assert!(parse(&args("")).is_err());
         assert!(parse(&args("fly")).unwrap_err().contains("fly"));
-        assert!(parse(&args("run --config")).unwrap_err().contains("needs a value"));
+        assert!(
+            parse(&args("run --config"))
+                .unwrap_err()
+                .contains("needs a value")
+        );
         assert!(parse(&args("demo --config x")).is_err());
         assert!(parse(&args("demo --seconds soon")).is_err());
     }

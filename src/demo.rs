@@ -13,6 +13,7 @@ use crossbeam_channel::Receiver;
 
 use crate::config::{Config, format_duration};
 use crate::daemon::{Daemon, Options};
+use crate::event::{Cause, human};
 use crate::event::{Observation, Severity};
 use crate::faults::{Cut, Mode, Upstream};
 
@@ -142,7 +143,10 @@ struct Show {
 
 impl Show {
     fn stamp(&self, at: Instant) -> String {
-        format!("{:6.2}s", at.saturating_duration_since(self.start).as_secs_f64())
+        format!(
+            "{:6.2}s",
+            at.saturating_duration_since(self.start).as_secs_f64()
+        )
     }
 
     fn name(&self, url: &str) -> &'static str {
@@ -171,10 +175,12 @@ impl Show {
     }
 
     fn inject(&mut self, upstream: &Upstream, name: &str, fault: Fault) {
+        // Taken first: the daemon may notice before the fault call returns.
+        let at = Instant::now();
         let what = match fault {
             Fault::Kill => {
                 upstream.kill();
-                format!("{name} killed (connections reset, new ones refused)")
+                format!("{name} killed: resets, then refuses")
             }
             Fault::Restart => {
                 if let Err(e) = upstream.restart() {
@@ -184,7 +190,7 @@ impl Show {
             }
             Fault::Freeze => {
                 upstream.set_mode(Mode::Freeze);
-                format!("{name} frozen (silent: only heartbeats can tell)")
+                format!("{name} frozen: silent, sockets open")
             }
             Fault::Thaw => {
                 upstream.set_mode(Mode::Echo);
@@ -193,14 +199,13 @@ impl Show {
             Fault::Reject => {
                 upstream.set_mode(Mode::Reject(503));
                 upstream.cut(Cut::Close(1012));
-                format!("{name} restarting: closes with 1012, rejects handshakes with 503")
+                format!("{name} restarting: close 1012, then http 503")
             }
             Fault::Accept => {
                 upstream.set_mode(Mode::Echo);
                 format!("{name} accepts handshakes again")
             }
         };
-        let at = Instant::now();
         println!("\n[{}] FAULT: {what}", self.stamp(at));
         if matches!(fault, Fault::Kill | Fault::Freeze | Fault::Reject) {
             self.records.push(Record {
@@ -215,7 +220,9 @@ impl Show {
 
     fn observe(&mut self, observation: Observation) {
         match observation {
-            Observation::Connected { endpoint, id, at, .. } => {
+            Observation::Connected {
+                endpoint, id, at, ..
+            } => {
                 println!(
                     "[{}]   connection {} up on {}",
                     self.stamp(at),
@@ -232,7 +239,8 @@ impl Show {
                 ..
             } => {
                 let silent = last_life
-                    .map(|l| format!(", {} after its last frame", format_duration(at - l)))
+                    .filter(|_| cause != Cause::Retired)
+                    .map(|l| format!(", {} after its last frame", human(at - l)))
                     .unwrap_or_default();
                 println!(
                     "[{}]   connection {} on {} ended: {cause}{silent}",
@@ -242,13 +250,18 @@ impl Show {
                 );
                 if let Some(record) = self.records.last_mut()
                     && at >= record.at
-                    && cause != crate::event::Cause::Retired
+                    && cause != Cause::Retired
+                    && last_life.is_some()
                 {
                     record.replaced += 1;
-                    record.detected.get_or_insert((at, cause.label().to_string()));
+                    record
+                        .detected
+                        .get_or_insert((at, cause.label().to_string()));
                 }
             }
-            Observation::Health { healthy, min, at, .. } => {
+            Observation::Health {
+                healthy, min, at, ..
+            } => {
                 if healthy < min || self.healthy < min {
                     println!("[{}]   pool: {healthy}/{min} healthy", self.stamp(at));
                 }
@@ -279,7 +292,7 @@ impl Show {
     fn summary(&self) {
         println!("\nsummary (times from the fault):\n");
         println!(
-            "  {:<62} {:<18} {:>9} {:>9} {:>8}",
+            "  {:<40} {:<18} {:>9} {:>9} {:>8}",
             "fault", "detected by", "detect", "recover", "replaced"
         );
         for r in &self.records {
@@ -298,7 +311,7 @@ impl Show {
                 .map(|t| ms(t.saturating_duration_since(r.at)))
                 .unwrap_or_else(|| "-".into());
             println!(
-                "  {:<62} {:<18} {:>9} {:>9} {:>8}",
+                "  {:<40} {:<18} {:>9} {:>9} {:>8}",
                 r.what, by, detect, recover, r.replaced
             );
         }

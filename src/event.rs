@@ -259,3 +259,44 @@ pub enum Observation {
     },
     Notice(Notice),
 }
+
+/// A duration for a log line: "0.4ms", "122ms", "1.25s", "7.0s", "2m05s".
+pub fn human(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs < 0.01 {
+        format!("{:.1}ms", secs * 1000.0)
+    } else if secs < 1.0 {
+        format!("{:.0}ms", secs * 1000.0)
+    } else if secs < 10.0 {
+        format!("{secs:.2}s")
+    } else if secs < 60.0 {
+        format!("{secs:.1}s")
+    } else {
+        let whole = d.as_secs();
+        format!("{}m{:02}s", whole / 60, whole % 60)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_durations_read_at_a_glance() {
+        let ms = Duration::from_millis;
+        assert_eq!(human(Duration::from_micros(350)), "0.4ms");
+        assert_eq!(human(ms(122)), "122ms");
+        assert_eq!(human(ms(1254)), "1.25s");
+        assert_eq!(human(ms(7007)), "7.0s");
+        assert_eq!(human(ms(125_000)), "2m05s");
+    }
+
+    #[test]
+    fn notices_name_pool_and_endpoint_first() {
+        let n = Notice::new(Severity::Warning, "endpoint down")
+            .pool("market")
+            .endpoint("ws://a/");
+        assert_eq!(n.to_string(), "pool=market endpoint=ws://a/: endpoint down");
+        assert_eq!(Notice::new(Severity::Info, "hello").to_string(), "hello");
+    }
+}

@@ -35,7 +35,11 @@ impl State {
 pub enum Transition {
     Suspect,
     Down,
-    Up { from: State, since: Instant },
+    /// Back in rotation; `since` is when it left.
+    Up {
+        from: State,
+        since: Instant,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -43,6 +47,8 @@ pub struct Health {
     state: State,
     /// When the current state began.
     since: Instant,
+    /// When it last left `Up` (suspect, down and probing are one outage).
+    out_since: Instant,
     failures: u32,
     down_after: u32,
     backoff: Backoff,
@@ -52,15 +58,11 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn new(
-        down_after: u32,
-        backoff: Backoff,
-        backoff_reset: Duration,
-        now: Instant,
-    ) -> Health {
+    pub fn new(down_after: u32, backoff: Backoff, backoff_reset: Duration, now: Instant) -> Health {
         Health {
             state: State::Up,
             since: now,
+            out_since: now,
             failures: 0,
             down_after: down_after.max(1),
             backoff,
@@ -89,6 +91,9 @@ impl Health {
     }
 
     fn enter(&mut self, state: State, now: Instant) {
+        if self.state == State::Up {
+            self.out_since = now;
+        }
         self.state = state;
         self.since = now;
     }
@@ -129,7 +134,7 @@ impl Health {
         if self.state == State::Up {
             return None;
         }
-        let (from, since) = (self.state, self.since);
+        let (from, since) = (self.state, self.out_since);
         self.enter(State::Up, now);
         Some(Transition::Up { from, since })
     }
@@ -229,7 +234,7 @@ mod tests {
             h.passed_heartbeat(t2, t2 + ms(1)),
             Some(Transition::Up {
                 from: State::Probing,
-                since: t1
+                since: t0
             })
         );
         assert_eq!(h.failures(), 0);
@@ -259,7 +264,11 @@ mod tests {
         let grown = h.backoff_ceiling();
         h.passed_heartbeat(t0 + ms(1), t0 + ms(1));
         h.tick(t0 + ms(29_000));
-        assert_eq!(h.backoff_ceiling(), grown, "flapping endpoint keeps its pace");
+        assert_eq!(
+            h.backoff_ceiling(),
+            grown,
+            "flapping endpoint keeps its pace"
+        );
         h.tick(t0 + ms(30_002));
         assert_eq!(h.backoff_ceiling(), ms(100));
     }

@@ -323,7 +323,7 @@ impl Monitor {
         let text = if left_over == 0 {
             format!(
                 "shut down: closed {total} connection(s) in {}",
-                crate::config::format_duration(started.elapsed())
+                crate::event::human(started.elapsed())
             )
         } else {
             format!("shut down: {left_over} of {total} connection(s) did not close in time")

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::backoff::{Backoff, Rng};
-use crate::config::{PoolConfig, format_duration};
-use crate::event::{Cause, Command, ConnId, Event, Notice, Observation, Severity};
+use crate::config::PoolConfig;
+use crate::event::{Cause, Command, ConnId, Event, Notice, Observation, Severity, human};
 use crate::health::{Health, State, Transition};
 
 /// What the monitor must do.
@@ -46,6 +46,9 @@ struct Conn {
     connected: bool,
     /// Passed at least one heartbeat.
     proven: bool,
+    /// Opened to an endpoint out of rotation to see whether it is back; it does not
+    /// count toward `min` until it connects.
+    probe: bool,
     retiring: bool,
 }
 
@@ -260,13 +263,13 @@ impl Pool {
             let text = match from {
                 State::Suspect => format!(
                     "endpoint trusted again: a connection answered a heartbeat in {} after it was suspect for {}",
-                    format_rtt(rtt),
-                    format_duration(now.saturating_duration_since(since))
+                    human(rtt),
+                    human(now.saturating_duration_since(since))
                 ),
                 _ => format!(
                     "endpoint back up: probe passed a heartbeat in {} after {} down; back in rotation",
-                    format_rtt(rtt),
-                    format_duration(now.saturating_duration_since(since))
+                    human(rtt),
+                    human(now.saturating_duration_since(since))
                 ),
             };
             let severity = Severity::Info;
@@ -318,14 +321,16 @@ impl Pool {
             || !conn.proven;
         let before = self.endpoints[index].health.state();
         let transition = if counts {
-            self.endpoints[index].health.failed(cause, now, &mut self.rng)
+            self.endpoints[index]
+                .health
+                .failed(cause, now, &mut self.rng)
         } else {
             None
         };
         let what = if conn.connected {
             format!(
                 "connection {id} died after {}: {cause}",
-                format_duration(now.saturating_duration_since(conn.started))
+                human(now.saturating_duration_since(conn.started))
             )
         } else {
             format!("connect attempt {id} failed: {cause}")
@@ -348,7 +353,7 @@ impl Pool {
                 let health = &self.endpoints[index].health;
                 let retry = health
                     .next_attempt()
-                    .map(|t| format_duration(t.saturating_duration_since(now)))
+                    .map(|t| human(t.saturating_duration_since(now)))
                     .unwrap_or_default();
                 let text = format!(
                     "endpoint down after {} consecutive failures (last: {what}); new connections go to {}; next probe in {retry}",
@@ -423,17 +428,20 @@ impl Pool {
                 .min_by_key(|(i, s)| (s.connected + s.connecting, *i))
                 .map(|(i, _)| i)
         };
-        least_loaded(false).or_else(|| least_loaded(true)).or_else(|| {
-            self.endpoints
-                .iter()
-                .position(|s| s.health.may_attempt(now, s.connecting))
-        })
+        least_loaded(false)
+            .or_else(|| least_loaded(true))
+            .or_else(|| {
+                self.endpoints
+                    .iter()
+                    .position(|s| s.health.may_attempt(now, s.connecting))
+            })
     }
 
     fn spawn(&mut self, endpoint: usize, now: Instant, actions: &mut Vec<Action>) {
         let id = self.next_id;
         self.next_id += 1;
         let slot = &mut self.endpoints[endpoint];
+        let probe = slot.health.state() != State::Up;
         slot.health.attempting(now);
         slot.connecting += 1;
         self.conns.insert(
@@ -443,14 +451,19 @@ impl Pool {
                 started: now,
                 connected: false,
                 proven: false,
+                probe,
                 retiring: false,
             },
         );
         actions.push(Action::Spawn { id, endpoint });
     }
 
+    /// Connections that count toward `min`: not retiring, and not probes still dialling.
     fn live(&self) -> usize {
-        self.conns.values().filter(|c| !c.retiring).count()
+        self.conns
+            .values()
+            .filter(|c| !c.retiring && (c.connected || !c.probe))
+            .count()
     }
 
     /// Keep `min` connections; while connections sit on backups and a primary is up, run
@@ -538,7 +551,7 @@ impl Pool {
                 let text = format!(
                     "pool warm: {healthy}/{} connections up in {}",
                     self.min,
-                    format_duration(now.saturating_duration_since(self.started))
+                    human(now.saturating_duration_since(self.started))
                 );
                 actions.push(Action::Notice(
                     Notice::new(Severity::Info, text).pool(&self.name),
@@ -557,7 +570,7 @@ impl Pool {
                 let text = format!(
                     "pool recovered: {healthy}/{} healthy connections after {} below min (was {})",
                     self.min,
-                    format_duration(now.saturating_duration_since(since)),
+                    human(now.saturating_duration_since(since)),
                     severity_of(self.reported).label()
                 );
                 actions.push(Action::Notice(
@@ -594,13 +607,13 @@ impl Pool {
         let text = match condition {
             Condition::Down => format!(
                 "pool down: no healthy connection for {} (min {}); {doing}",
-                format_duration(now.saturating_duration_since(since)),
+                human(now.saturating_duration_since(since)),
                 self.min
             ),
             _ => format!(
                 "pool degraded: {healthy}/{} healthy connections for {}; {doing}",
                 self.min,
-                format_duration(now.saturating_duration_since(since))
+                human(now.saturating_duration_since(since))
             ),
         };
         actions.push(Action::Notice(
@@ -615,10 +628,6 @@ fn severity_of(condition: Condition) -> Severity {
         Condition::Degraded => Severity::Warning,
         Condition::Down => Severity::Critical,
     }
-}
-
-fn format_rtt(rtt: Duration) -> String {
-    format!("{:.1}ms", rtt.as_secs_f64() * 1000.0)
 }
 
 #[cfg(test)]

@@ -35,11 +35,7 @@ backoff_max = "1s"
     let now = Instant::now();
     let mut pool = Pool::new(&config.pools[0], config.alerts.grace, 0, now, Rng::new(9));
     let actions = pool.start(now);
-    Rig {
-        pool,
-        now,
-        actions,
-    }
+    Rig { pool, now, actions }
 }
 
 impl Rig {
@@ -119,7 +115,11 @@ fn start_spreads_min_connections_over_the_primaries() {
     assert_eq!(spawned.len(), 4);
     let on_a = spawned.iter().filter(|(_, e)| *e == 0).count();
     let on_b = spawned.iter().filter(|(_, e)| *e == 1).count();
-    assert_eq!((on_a, on_b), (2, 2), "least loaded primary first, never the backup");
+    assert_eq!(
+        (on_a, on_b),
+        (2, 2),
+        "least loaded primary first, never the backup"
+    );
 }
 
 #[test]
@@ -130,7 +130,10 @@ fn warm_up_is_not_an_alert_and_warm_pool_says_so_once() {
         r.connect(*id);
     }
     r.advance(ms(500));
-    assert!(Rig::notices(&r.take()).is_empty(), "3/4 during warm-up is quiet");
+    assert!(
+        Rig::notices(&r.take()).is_empty(),
+        "3/4 during warm-up is quiet"
+    );
     r.connect(spawned[3].0);
     let notices = Rig::notices(&r.take());
     assert_eq!(notices.len(), 1);
@@ -144,17 +147,27 @@ fn heartbeat_timeout_suspects_the_endpoint_pings_its_peers_and_replaces_elsewher
     let spawned = r.connect_all();
     r.take();
     let (dead, _) = *spawned.iter().find(|(_, e)| *e == 0).unwrap();
-    let (sibling, _) = *spawned.iter().find(|(id, e)| *e == 0 && *id != dead).unwrap();
+    let (sibling, _) = *spawned
+        .iter()
+        .find(|(id, e)| *e == 0 && *id != dead)
+        .unwrap();
     r.die(dead, Cause::HeartbeatTimeout);
     let actions = r.take();
     assert_eq!(r.pool.endpoint_state(0), State::Suspect);
     assert!(actions.contains(&Action::Command(sibling, Command::PingNow)));
     let replacement = Rig::spawns(&actions);
     assert_eq!(replacement.len(), 1);
-    assert_eq!(replacement[0].1, 1, "replacement goes to the other primary at once");
+    assert_eq!(
+        replacement[0].1, 1,
+        "replacement goes to the other primary at once"
+    );
     let notices = Rig::notices(&actions);
     assert_eq!(notices.len(), 1);
-    assert!(notices[0].text.contains("endpoint suspect"), "{:?}", notices[0]);
+    assert!(
+        notices[0].text.contains("endpoint suspect"),
+        "{:?}",
+        notices[0]
+    );
     assert_eq!(notices[0].endpoint.as_deref(), Some("ws://a.test/"));
 }
 
@@ -174,81 +187,157 @@ fn a_routine_death_on_a_healthy_endpoint_is_replaced_there_at_once_with_an_info_
     assert_eq!(r.pool.endpoint_state(spawned[0].1), State::Up);
 }
 
+/// What happens to a connection the pool spawned on an endpoint.
+enum Outcome {
+    Up,
+    Fails(Cause),
+    /// Left dialling (a hung handshake).
+    Pending,
+}
+
+impl Rig {
+    /// Play every spawn out with `outcome(endpoint)` until the pool asks for nothing new;
+    /// retirements complete at once. Returns every action seen.
+    fn settle(&mut self, outcome: &dyn Fn(usize) -> Outcome) -> Vec<Action> {
+        let mut seen = Vec::new();
+        loop {
+            let actions = self.take();
+            if actions.is_empty() {
+                return seen;
+            }
+            for action in &actions {
+                match action {
+                    Action::Spawn { id, endpoint } => match outcome(*endpoint) {
+                        Outcome::Up => self.connect(*id),
+                        Outcome::Fails(cause) => self.die(*id, cause),
+                        Outcome::Pending => {}
+                    },
+                    Action::Command(id, Command::Close(..)) => self.die(*id, Cause::Retired),
+                    _ => {}
+                }
+            }
+            seen.extend(actions);
+        }
+    }
+
+    /// Advance the clock in steps, settling after each; returns every action seen.
+    fn run_for(&mut self, total: Duration, outcome: &dyn Fn(usize) -> Outcome) -> Vec<Action> {
+        let mut seen = self.settle(outcome);
+        let step = ms(50);
+        let mut elapsed = Duration::ZERO;
+        while elapsed < total {
+            self.advance(step);
+            elapsed += step;
+            seen.extend(self.settle(outcome));
+        }
+        seen
+    }
+}
+
+fn refused() -> Outcome {
+    Outcome::Fails(Cause::Refused)
+}
+
 #[test]
 fn consecutive_failures_take_an_endpoint_down_with_one_warning_then_probe_one_at_a_time() {
     let mut r = rig("down_after = 3");
     let spawned = r.connect_all();
     r.take();
-    // Every connection on a dies, and each replacement attempt on it is refused.
     for (id, e) in &spawned {
         if *e == 0 {
             r.die(*id, Cause::Reset);
         }
     }
-    let mut warnings = 0;
-    for _ in 0..20 {
-        r.advance(ms(1_000));
-        let actions = r.take();
-        warnings += Rig::notices(&actions)
-            .iter()
-            .filter(|n| n.severity == Severity::Warning && n.endpoint.is_some())
-            .count();
-        let attempts: Vec<_> = Rig::spawns(&actions)
-            .into_iter()
-            .filter(|(_, e)| *e == 0)
-            .collect();
-        assert!(attempts.len() <= 1, "one attempt in flight to a sick endpoint");
-        for (id, _) in attempts {
-            r.die(id, Cause::Refused);
-        }
-        for (id, e) in Rig::spawns(&r.take()) {
-            if e == 0 {
-                r.die(id, Cause::Refused);
-            } else {
-                r.connect(id);
-            }
-        }
-    }
+    let a_refuses = |e: usize| if e == 0 { refused() } else { Outcome::Up };
+    let seen = r.run_for(ms(10_000), &a_refuses);
     assert_eq!(r.pool.endpoint_state(0), State::Down);
-    assert_eq!(warnings, 1, "one alert per state change, not per failure");
+    let warnings: Vec<_> = Rig::notices(&seen)
+        .into_iter()
+        .filter(|n| n.severity >= Severity::Warning)
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one alert per state change: {warnings:?}"
+    );
+    assert!(
+        warnings[0]
+            .text
+            .contains("endpoint down after 3 consecutive failures")
+    );
     assert_eq!(r.pool.healthy(), 4, "the other primary carries the pool");
+    // Probes to a keep coming, paced: ten seconds at a 1 s backoff ceiling is a handful.
+    let probes = Rig::spawns(&seen).iter().filter(|(_, e)| *e == 0).count();
+    assert!(
+        (3..=30).contains(&probes),
+        "{probes} attempts on the down endpoint"
+    );
+}
+
+#[test]
+fn a_probe_is_one_attempt_at_a_time() {
+    let mut r = rig("down_after = 1");
+    r.connect_all();
+    r.take();
+    // Everything on a fails; then its probe hangs in the handshake.
+    let ids: Vec<_> = r
+        .pool
+        .conn_ids()
+        .filter(|id| r.pool.endpoint_of(*id) == Some(0))
+        .collect();
+    for id in ids {
+        r.die(id, Cause::HeartbeatTimeout);
+    }
+    let hangs = |e: usize| {
+        if e == 0 {
+            Outcome::Pending
+        } else {
+            Outcome::Up
+        }
+    };
+    let seen = r.run_for(ms(10_000), &hangs);
+    let probes = Rig::spawns(&seen).iter().filter(|(_, e)| *e == 0).count();
+    assert_eq!(probes, 1, "a hung probe blocks further attempts");
+    assert_eq!(r.pool.endpoint_state(0), State::Probing);
+    assert_eq!(
+        r.pool.healthy(),
+        4,
+        "a hung probe does not count toward min"
+    );
 }
 
 #[test]
 fn a_probe_that_passes_a_heartbeat_returns_the_endpoint_and_surplus_is_trimmed() {
     let mut r = rig("down_after = 1");
-    let spawned = r.connect_all();
+    r.connect_all();
     r.take();
-    for (id, e) in &spawned {
-        if *e == 0 {
-            r.die(*id, Cause::Refused);
-        }
+    let ids: Vec<_> = r
+        .pool
+        .conn_ids()
+        .filter(|id| r.pool.endpoint_of(*id) == Some(0))
+        .collect();
+    for id in ids {
+        r.die(id, Cause::Refused);
     }
-    for (id, _) in Rig::spawns(&r.take()) {
-        r.connect(id);
-    }
+    let a_refuses = |e: usize| if e == 0 { refused() } else { Outcome::Up };
+    r.settle(&a_refuses);
     assert_eq!(r.pool.endpoint_state(0), State::Down);
-    // Wait for the probe.
-    let mut probe = None;
-    for _ in 0..40 {
-        r.advance(ms(100));
-        if let Some(p) = Rig::spawns(&r.take()).into_iter().find(|(_, e)| *e == 0) {
-            probe = Some(p.0);
-            break;
-        }
-    }
-    let probe = probe.expect("a probe within the backoff ceiling");
-    assert_eq!(r.pool.endpoint_state(0), State::Probing);
-    r.connect(probe);
-    let actions = r.take();
+    let seen = r.run_for(ms(3_000), &|_| Outcome::Up);
     assert_eq!(r.pool.endpoint_state(0), State::Up);
-    let notices = Rig::notices(&actions);
-    assert!(notices.iter().any(|n| n.text.contains("endpoint back up")));
-    let retired = actions
+    assert!(
+        Rig::notices(&seen)
+            .iter()
+            .any(|n| n.text.starts_with("endpoint back up"))
+    );
+    let retired = seen
         .iter()
         .filter(|a| matches!(a, Action::Command(_, Command::Close(1000, _))))
         .count();
-    assert_eq!(retired, 1, "the pool is back to min: one surplus connection retired");
+    assert_eq!(
+        retired, 1,
+        "the probe made the pool min+1: one surplus retired"
+    );
+    assert_eq!(r.pool.healthy(), 4);
 }
 
 #[test]
@@ -259,64 +348,34 @@ fn backups_serve_only_while_no_primary_is_up_and_failback_keeps_min() {
     for (id, _) in &spawned {
         r.die(*id, Cause::Refused);
     }
-    // Both primaries are down now; replacements go to the backup.
-    let actions = r.take();
-    let to_backup: Vec<_> = Rig::spawns(&actions)
-        .into_iter()
-        .filter(|(_, e)| *e == 2)
-        .collect();
-    assert_eq!(to_backup.len(), 4, "{actions:?}");
-    for (id, _) in &to_backup {
-        r.connect(*id);
-    }
-    for (id, e) in Rig::spawns(&actions) {
-        if e != 2 {
-            r.die(id, Cause::Refused);
-        }
-    }
-    r.take();
+    let primaries_refuse = |e: usize| if e < 2 { refused() } else { Outcome::Up };
+    r.settle(&primaries_refuse);
+    let on = |r: &Rig, e: usize| {
+        r.pool
+            .conn_ids()
+            .filter(|id| r.pool.endpoint_of(*id) == Some(e))
+            .count()
+    };
+    assert_eq!(
+        on(&r, 2),
+        4,
+        "the backup carries the pool while no primary is up"
+    );
     assert_eq!(r.pool.healthy(), 4);
-    // A probe of primary a passes: failback, one connection at a time, never below min.
-    let mut probe = None;
-    for _ in 0..40 {
-        r.advance(ms(100));
-        let actions = r.take();
-        for (id, e) in Rig::spawns(&actions) {
-            if e == 0 && probe.is_none() {
-                probe = Some(id);
-            } else {
-                r.die(id, Cause::Refused);
-            }
-        }
-        if probe.is_some() {
-            break;
-        }
-    }
-    r.connect(probe.expect("primary probed"));
-    for _ in 0..20 {
-        let actions = r.take();
-        for action in &actions {
-            match action {
-                Action::Spawn { id, endpoint } => {
-                    assert_ne!(*endpoint, 2, "no new backup connections once a primary is up");
-                    r.connect(*id);
-                }
-                Action::Command(id, Command::Close(..)) => {
-                    assert_eq!(r.pool.endpoint_of(*id), Some(2), "only backups retired");
-                    r.die(*id, Cause::Retired);
-                }
-                _ => {}
-            }
-        }
+    // The primaries come back: failback, one connection at a time, never below min.
+    let mut spawned_on_backup = 0;
+    for _ in 0..100 {
+        r.advance(ms(50));
+        let seen = r.settle(&|_| Outcome::Up);
+        spawned_on_backup += Rig::spawns(&seen).iter().filter(|(_, e)| *e == 2).count();
         assert!(r.pool.healthy() >= 4, "failback never dips below min");
-        r.advance(ms(10));
     }
-    let on_backup = r
-        .pool
-        .conn_ids()
-        .filter(|id| r.pool.endpoint_of(*id) == Some(2))
-        .count();
-    assert_eq!(on_backup, 0, "every backup connection handed back");
+    assert_eq!(
+        spawned_on_backup, 0,
+        "no new backup connections once a primary is up"
+    );
+    assert_eq!(on(&r, 2), 0, "every backup connection handed back");
+    assert_eq!(r.pool.healthy(), 4);
 }
 
 #[test]
@@ -327,39 +386,21 @@ fn a_pool_with_no_healthy_connection_is_critical_after_grace_and_recovers_with_i
     for (id, _) in &spawned {
         r.die(*id, Cause::Reset);
     }
-    // Everything refuses, backup included.
-    let mut severities = Vec::new();
-    for _ in 0..30 {
-        r.advance(ms(100));
-        let actions = r.take();
-        severities.extend(
-            Rig::notices(&actions)
-                .iter()
-                .filter(|n| n.endpoint.is_none())
-                .map(|n| n.severity),
-        );
-        for (id, _) in Rig::spawns(&actions) {
-            r.die(id, Cause::Refused);
-        }
-    }
-    assert_eq!(severities, vec![Severity::Critical], "one critical alert");
-    // The backup comes back: recovery is an info line.
-    let mut recovered = false;
-    for _ in 0..50 {
-        r.advance(ms(100));
-        let actions = r.take();
-        for (id, _) in Rig::spawns(&actions) {
-            r.connect(id);
-        }
-        recovered |= Rig::notices(&r.take())
-            .iter()
-            .chain(Rig::notices(&actions).iter())
-            .any(|n| n.text.starts_with("pool recovered"));
-        if recovered {
-            break;
-        }
-    }
-    assert!(recovered);
+    let seen = r.run_for(ms(3_000), &|_| refused());
+    let pool_lines: Vec<_> = Rig::notices(&seen)
+        .into_iter()
+        .filter(|n| n.endpoint.is_none())
+        .collect();
+    assert_eq!(pool_lines.len(), 1, "{pool_lines:?}");
+    assert_eq!(pool_lines[0].severity, Severity::Critical);
+    assert!(pool_lines[0].text.starts_with("pool down"));
+    let seen = r.run_for(ms(3_000), &|_| Outcome::Up);
+    let recovered: Vec<_> = Rig::notices(&seen)
+        .into_iter()
+        .filter(|n| n.text.starts_with("pool recovered"))
+        .collect();
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(recovered[0].severity, Severity::Info);
 }
 
 #[test]

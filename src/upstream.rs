@@ -239,8 +239,8 @@ fn tls_handshake(
 ) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, Cause> {
     let name = ServerName::try_from(host.to_string())
         .map_err(|e| Cause::Tls(format!("invalid server name {host:?}: {e}")))?;
-    let mut conn = rustls::ClientConnection::new(tls_config(), name)
-        .map_err(|e| Cause::Tls(e.to_string()))?;
+    let mut conn =
+        rustls::ClientConnection::new(tls_config(), name).map_err(|e| Cause::Tls(e.to_string()))?;
     while conn.is_handshaking() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -280,7 +280,8 @@ fn ws_handshake(
             .map_err(|e| Cause::Handshake(format!("header {name}: {e}")))?;
         request.headers_mut().insert(name, value);
     }
-    let mut attempt = tungstenite::client::client_with_config(request, stream, Some(ws_config(pool)));
+    let mut attempt =
+        tungstenite::client::client_with_config(request, stream, Some(ws_config(pool)));
     loop {
         match attempt {
             Ok((ws, _response)) => return Ok(ws),
@@ -315,7 +316,10 @@ fn handshake_io(e: tungstenite::Error, phase: &str) -> Cause {
 }
 
 fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock)
+    matches!(
+        e.kind(),
+        io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+    )
 }
 
 pub(crate) fn io_cause(e: io::Error) -> Cause {

@@ -342,8 +342,8 @@ impl<'a> Serve<'a> {
         if let Some((deadline, _)) = &self.closing {
             return *deadline;
         }
-        let mut deadline = (self.last_life + pool.heartbeat_interval + pool.heartbeat_timeout)
-            .min(self.next_ping);
+        let mut deadline =
+            (self.last_life + pool.heartbeat_interval + pool.heartbeat_timeout).min(self.next_ping);
         if let Some((_, sent)) = self.ping {
             deadline = deadline.min(sent + pool.heartbeat_timeout);
         }

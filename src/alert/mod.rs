@@ -61,8 +61,7 @@ impl Alerter {
             dropped: dropped.clone(),
             reported_dropped: 0,
             syslog,
-            // Without syslog, stderr is the only place left to say anything.
-            stderr: stderr || !config.syslog,
+            stderr,
         };
         (alerter, Alerts { tx, dropped })
     }

@@ -88,7 +88,10 @@ impl Sink {
             }
             Err(e) => {
                 self.logger = None;
-                let why = format!("writing to syslog socket {} failed: {e}", self.path.display());
+                let why = format!(
+                    "writing to syslog socket {} failed: {e}",
+                    self.path.display()
+                );
                 Some(self.tell(why))
             }
         }

@@ -284,7 +284,7 @@ mod tests {
     #[test]
     fn human_durations_read_at_a_glance() {
         let ms = Duration::from_millis;
-        assert_eq!(human(Duration::from_micros(350)), "0.4ms");
+        assert_eq!(human(Duration::from_micros(360)), "0.4ms");
         assert_eq!(human(ms(122)), "122ms");
         assert_eq!(human(ms(1254)), "1.25s");
         assert_eq!(human(ms(7007)), "7.0s");

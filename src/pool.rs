@@ -172,8 +172,13 @@ impl Pool {
                 id,
                 sent,
                 rtt: Some(rtt),
-            } => self.heartbeat(*id, *sent, *rtt, now, &mut actions),
-            Event::Heartbeat { rtt: None, .. } => {}
+            } => {
+                if !self.heartbeat(*id, *sent, *rtt, now, &mut actions) {
+                    // Nothing changed: spare the pass over every connection.
+                    return actions;
+                }
+            }
+            Event::Heartbeat { rtt: None, .. } => return actions,
             Event::Died {
                 id,
                 cause,
@@ -246,6 +251,7 @@ impl Pool {
         });
     }
 
+    /// Returns whether the endpoint changed state.
     fn heartbeat(
         &mut self,
         id: ConnId,
@@ -253,9 +259,9 @@ impl Pool {
         rtt: Duration,
         now: Instant,
         actions: &mut Vec<Action>,
-    ) {
+    ) -> bool {
         let Some(conn) = self.conns.get_mut(&id) else {
-            return;
+            return false;
         };
         conn.proven = true;
         let slot = &mut self.endpoints[conn.endpoint];
@@ -278,7 +284,9 @@ impl Pool {
                     .pool(&self.name)
                     .endpoint(&slot.url),
             ));
+            return true;
         }
+        false
     }
 
     fn died(

@@ -143,6 +143,12 @@ struct Serve<'a> {
     next_ping: Instant,
     /// The heartbeat awaiting its pong: payload and when it was sent.
     ping: Option<(u64, Instant)>,
+    /// Tell the monitor about the next pong: the first one proves a new connection (and
+    /// a probe's endpoint), and the monitor asks again when it suspects the endpoint.
+    /// Routine pongs stay here, so ten thousand idle connections do not wake it.
+    report_pong: bool,
+    /// The socket may have bytes: poll said so, or nothing has been read yet.
+    readable: bool,
     seq: u64,
     /// Since when output has been waiting for the socket to drain.
     pending_since: Option<Instant>,
@@ -161,6 +167,8 @@ impl<'a> Serve<'a> {
             // what lets a probe bring its endpoint back.
             next_ping: now,
             ping: None,
+            report_pong: true,
+            readable: true,
             seq: 0,
             pending_since: None,
             closing: None,
@@ -196,12 +204,17 @@ impl<'a> Serve<'a> {
     fn step(&mut self, now: Instant) -> Result<(), Cause> {
         while let Ok(command) = self.worker.commands.try_recv() {
             match command {
-                Command::PingNow => self.next_ping = now,
+                Command::PingNow => {
+                    self.next_ping = now;
+                    self.report_pong = true;
+                }
                 Command::Close(code, reason) => self.close(code, &reason, Cause::Retired, now),
             }
         }
         self.timers(now)?;
-        self.read(now)?;
+        if std::mem::take(&mut self.readable) {
+            self.read(now)?;
+        }
         self.flush(now)
     }
 
@@ -296,11 +309,13 @@ impl<'a> Serve<'a> {
                     && payload.as_ref() == seq.to_be_bytes()
                 {
                     self.ping = None;
-                    let _ = self.worker.events.send(Event::Heartbeat {
-                        id: self.worker.id,
-                        sent,
-                        rtt: Some(now.saturating_duration_since(sent)),
-                    });
+                    if std::mem::take(&mut self.report_pong) {
+                        let _ = self.worker.events.send(Event::Heartbeat {
+                            id: self.worker.id,
+                            sent,
+                            rtt: Some(now.saturating_duration_since(sent)),
+                        });
+                    }
                 }
             }
             Message::Close(frame) => {
@@ -373,6 +388,9 @@ impl<'a> Serve<'a> {
             },
         ];
         poll(&mut fds, timeout)?;
+        // Every read drains the socket (and rustls) to WouldBlock, so a socket poll
+        // does not report readable has nothing waiting. Errors and hangups read too.
+        self.readable = fds[0].revents != 0;
         if fds[1].revents != 0 {
             self.worker.shared.wake.drain();
         }

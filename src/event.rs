@@ -260,7 +260,7 @@ pub enum Observation {
     Notice(Notice),
 }
 
-/// A duration for a log line: "0.4ms", "122ms", "1.25s", "7.0s", "2m05s".
+/// A duration for a log line: "0.4ms", "122ms", "1.25s", "17.0s", "2m05s".
 pub fn human(d: Duration) -> String {
     let secs = d.as_secs_f64();
     if secs < 0.01 {
@@ -287,7 +287,8 @@ mod tests {
         assert_eq!(human(Duration::from_micros(360)), "0.4ms");
         assert_eq!(human(ms(122)), "122ms");
         assert_eq!(human(ms(1254)), "1.25s");
-        assert_eq!(human(ms(7007)), "7.0s");
+        assert_eq!(human(ms(7007)), "7.01s");
+        assert_eq!(human(ms(17_040)), "17.0s");
         assert_eq!(human(ms(125_000)), "2m05s");
     }
 

@@ -157,6 +157,16 @@ pub struct PoolConfig {
     pub on_connect: Vec<String>,
     /// Largest message accepted either way. Default 16MiB.
     pub max_message_size: usize,
+    /// CA certificates to trust for wss:// instead of the built-in Mozilla roots, read
+    /// from `ca_file` when the configuration is loaded. Default none (built-in roots).
+    pub ca: Option<CaBundle>,
+}
+
+/// The certificates of a `ca_file`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaBundle {
+    pub path: PathBuf,
+    pub certs: Vec<rustls::pki_types::CertificateDer<'static>>,
 }
 
 /// An upstream WebSocket endpoint.
@@ -531,6 +541,7 @@ fn validate_pool(
         max_message_size: raw
             .max_message_size
             .map_or(default::MAX_MESSAGE_SIZE, |s| s.0),
+        ca: raw.ca_file.map(|c| c.0),
         name,
     };
     let spans = PoolSpans {
@@ -588,6 +599,7 @@ struct RawPool {
     headers: Option<Headers>,
     on_connect: Option<Vec<Text>>,
     max_message_size: Option<Size<1024>>,
+    ca_file: Option<CaFile>,
 }
 
 // ----------------------------------------------------------------------------------
@@ -643,6 +655,47 @@ impl<'de> Deserialize<'de> for AbsolutePath {
                     "must be absolute: the daemon runs in /",
                 ))
             }
+        })
+    }
+}
+
+/// A PEM bundle of CA certificates, read and checked while the configuration loads so
+/// that `wspoold check` catches a missing or broken file.
+struct CaFile(CaBundle);
+
+impl<'de> Deserialize<'de> for CaFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        string_value(d, "an absolute path to a PEM file", |_, s| {
+            let path = PathBuf::from(&s);
+            if !path.is_absolute() {
+                return Err(keyed(
+                    format!("invalid path {s:?}"),
+                    "must be absolute: the daemon runs in /",
+                ));
+            }
+            let certs = CertificateDer::pem_file_iter(&path)
+                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| keyed(format!("cannot read CA file {s:?}"), e))?;
+            if certs.is_empty() {
+                return Err(keyed(
+                    format!("no certificate in CA file {s:?}"),
+                    "expected PEM blocks \"-----BEGIN CERTIFICATE-----\"",
+                ));
+            }
+            let mut store = rustls::RootCertStore::empty();
+            let (_, unusable) = store.add_parsable_certificates(certs.iter().cloned());
+            if unusable > 0 {
+                return Err(keyed(
+                    format!("invalid CA file {s:?}"),
+                    format!(
+                        "{unusable} of {} certificate(s) cannot be used as a trust anchor",
+                        certs.len()
+                    ),
+                ));
+            }
+            Ok(CaFile(CaBundle { path, certs }))
         })
     }
 }
@@ -2276,7 +2329,7 @@ headers = { Authorization = "Bearer ${TOKEN}" }
                 "{key} missing from {keys:?}"
             );
         }
-        assert_eq!(keys.len(), 4 + 4 + 16, "{keys:?}");
+        assert_eq!(keys.len(), 4 + 4 + 17, "{keys:?}");
         assert_eq!(
             keys.iter().collect::<HashSet<_>>().len(),
             keys.len(),
@@ -2341,7 +2394,18 @@ headers = { Authorization = "Bearer ${TOKEN}" }
     #[test]
     fn example_config_uses_every_key() {
         let document: toml::Table = toml::from_str(EXAMPLE).unwrap();
+        // Keys naming a file that must exist are shown commented out, so that the
+        // example still loads on a machine without that file.
+        const COMMENTED: &[&str] = &["pools.*.ca_file"];
         for key in key_names() {
+            if COMMENTED.contains(&key.as_str()) {
+                let leaf = key.rsplit('.').next().unwrap();
+                assert!(
+                    EXAMPLE.contains(&format!("# {leaf} = ")),
+                    "the example config does not show {key}"
+                );
+                continue;
+            }
             let mut tables = vec![&document];
             let parts: Vec<&str> = key.split('.').collect();
             for (i, part) in parts.iter().enumerate() {

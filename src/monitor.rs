@@ -16,6 +16,7 @@ use crate::backoff::Rng;
 use crate::config::{Config, Endpoint, PoolConfig};
 use crate::event::{Cause, Command, ConnId, Control, Event, Notice, Observation, Severity};
 use crate::pool::{Action, Pool};
+use crate::upstream;
 use crate::worker::{self, Shared, Worker};
 
 /// The longest the monitor sleeps without looking at its timers and workers.
@@ -36,6 +37,7 @@ struct Handle {
 struct PoolEntry {
     config: Arc<PoolConfig>,
     endpoints: Vec<Endpoint>,
+    tls: Arc<rustls::ClientConfig>,
     state: Pool,
     /// A worker silent this long is stuck.
     stuck_after: Duration,
@@ -71,6 +73,7 @@ impl Monitor {
             .map(|(index, cfg)| PoolEntry {
                 config: Arc::new(cfg.clone()),
                 endpoints: cfg.endpoints.iter().chain(&cfg.backup).cloned().collect(),
+                tls: upstream::tls_config(cfg.ca.as_ref()),
                 state: Pool::new(
                     cfg,
                     config.alerts.grace,
@@ -246,6 +249,7 @@ impl Monitor {
             id,
             pool: entry.config.clone(),
             endpoint: entry.endpoints[endpoint].clone(),
+            tls: entry.tls.clone(),
             events: self.events_tx.clone(),
             commands: rx,
             shared: shared.clone(),

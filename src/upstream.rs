@@ -6,7 +6,7 @@
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
@@ -17,31 +17,36 @@ use tungstenite::http::{HeaderName, HeaderValue};
 use tungstenite::protocol::WebSocketConfig;
 use tungstenite::{Message, WebSocket};
 
-use crate::config::{Endpoint, PoolConfig};
+use crate::config::{CaBundle, Endpoint, PoolConfig};
 use crate::event::Cause;
 
 /// The read buffer tungstenite allocates per connection: small, so that thousands of
 /// idle connections stay cheap; large messages still arrive, in more reads.
 const READ_BUFFER: usize = 4 * 1024;
 
-/// The TLS client configuration every connection shares: building the root store per
-/// connection would burn CPU in a reconnect storm.
-pub fn tls_config() -> Arc<rustls::ClientConfig> {
-    static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-            };
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("ring supports the default protocol versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            Arc::new(config)
-        })
-        .clone()
+/// The TLS client configuration of a pool, built once and shared by all its
+/// connections: building the root store per connection would burn CPU in a reconnect
+/// storm. With a `ca_file`, its certificates are the only roots; otherwise the
+/// built-in Mozilla roots.
+pub fn tls_config(ca: Option<&CaBundle>) -> Arc<rustls::ClientConfig> {
+    let roots = match ca {
+        Some(bundle) => {
+            let mut store = rustls::RootCertStore::empty();
+            // The configuration refused bundles with unusable certificates.
+            store.add_parsable_certificates(bundle.certs.iter().cloned());
+            store
+        }
+        None => rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        },
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
 }
 
 /// An upstream byte stream. While a deadline is set the socket is blocking and every
@@ -162,6 +167,7 @@ pub struct Connection {
 pub fn connect(
     endpoint: &Endpoint,
     pool: &PoolConfig,
+    tls: &Arc<rustls::ClientConfig>,
     progress: &dyn Fn(),
 ) -> Result<Connection, Cause> {
     let addrs: Vec<SocketAddr> = (endpoint.host.as_str(), endpoint.port)
@@ -177,7 +183,7 @@ pub fn connect(
     let peer = tcp.peer_addr().map_err(io_cause)?;
     let deadline = Instant::now() + pool.connect_timeout;
     let inner = if endpoint.tls {
-        Inner::Tls(Box::new(tls_handshake(tcp, &endpoint.host, deadline)?))
+        Inner::Tls(Box::new(tls_handshake(tcp, tls, &endpoint.host, deadline)?))
     } else {
         Inner::Plain(tcp)
     };
@@ -234,13 +240,14 @@ fn configure(tcp: &TcpStream, pool: &PoolConfig) -> io::Result<()> {
 
 fn tls_handshake(
     mut tcp: TcpStream,
+    tls: &Arc<rustls::ClientConfig>,
     host: &str,
     deadline: Instant,
 ) -> Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>, Cause> {
     let name = ServerName::try_from(host.to_string())
         .map_err(|e| Cause::Tls(format!("invalid server name {host:?}: {e}")))?;
     let mut conn =
-        rustls::ClientConnection::new(tls_config(), name).map_err(|e| Cause::Tls(e.to_string()))?;
+        rustls::ClientConnection::new(tls.clone(), name).map_err(|e| Cause::Tls(e.to_string()))?;
     while conn.is_handshaking() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -254,10 +261,12 @@ fn tls_handshake(
             }
             Ok(_) => {}
             Err(e) if is_timeout(&e) => return Err(Cause::HandshakeTimeout),
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                return Err(Cause::Tls(e.to_string()));
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Err(Cause::Tls("connection closed during tls handshake".into()));
             }
-            Err(e) => return Err(io_cause(e)),
+            // A peer that resets or speaks something else during the TLS handshake is
+            // a TLS failure, whatever the socket said.
+            Err(e) => return Err(Cause::Tls(e.to_string())),
         }
     }
     Ok(rustls::StreamOwned::new(conn, tcp))
@@ -328,5 +337,116 @@ pub(crate) fn io_cause(e: io::Error) -> Cause {
         | io::ErrorKind::ConnectionAborted
         | io::ErrorKind::BrokenPipe => Cause::Reset,
         _ => Cause::Io(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::net::TcpListener;
+    use std::thread::JoinHandle;
+
+    const SERVER_CERT: &[u8] = include_bytes!("../tests/data/tls/server.pem");
+    const SERVER_KEY: &[u8] = include_bytes!("../tests/data/tls/server.key");
+
+    fn ca_path() -> String {
+        format!("{}/tests/data/tls/ca.pem", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn pool(url: &str, extra: &str) -> PoolConfig {
+        let text = format!(
+            "[pools.t]\nendpoints = [\"{url}\"]\nconnect_timeout = \"2s\"\non_connect = [\"hello\"]\n{extra}\n"
+        );
+        Config::parse(&text, "test").unwrap().pools.remove(0)
+    }
+
+    /// A wss:// server for one connection: returns the first text message it got, or
+    /// the error that ended it.
+    fn tls_server() -> (u16, JoinHandle<Result<String, String>>) {
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(SERVER_CERT)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_slice(SERVER_KEY).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let thread = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().map_err(|e| e.to_string())?;
+            tcp.set_read_timeout(Some(Duration::from_secs(5)))
+                .map_err(|e| e.to_string())?;
+            let conn =
+                rustls::ServerConnection::new(Arc::new(config)).map_err(|e| e.to_string())?;
+            let stream = rustls::StreamOwned::new(conn, tcp);
+            let mut ws = tungstenite::accept(stream).map_err(|e| e.to_string())?;
+            loop {
+                match ws.read().map_err(|e| e.to_string())? {
+                    Message::Text(text) => return Ok(text.to_string()),
+                    _ => continue,
+                }
+            }
+        });
+        (port, thread)
+    }
+
+    #[test]
+    fn wss_with_the_pools_ca_file_connects_and_sends_on_connect() {
+        let (port, server) = tls_server();
+        let cfg = pool(
+            &format!("wss://localhost:{port}/feed"),
+            &format!("ca_file = \"{}\"", ca_path()),
+        );
+        let tls = tls_config(cfg.ca.as_ref());
+        let conn = connect(&cfg.endpoints[0], &cfg, &tls, &|| {});
+        assert!(conn.is_ok(), "{:?}", conn.err());
+        assert_eq!(server.join().unwrap(), Ok("hello".to_string()));
+    }
+
+    #[test]
+    fn wss_to_a_certificate_no_root_vouches_for_is_a_tls_failure() {
+        let (port, server) = tls_server();
+        let cfg = pool(&format!("wss://localhost:{port}/feed"), "");
+        let tls = tls_config(cfg.ca.as_ref());
+        match connect(&cfg.endpoints[0], &cfg, &tls, &|| {}) {
+            Err(Cause::Tls(why)) => assert!(why.contains("UnknownIssuer"), "{why}"),
+            other => panic!("expected a tls failure, got {:?}", other.map(|c| c.peer)),
+        }
+        assert!(server.join().unwrap().is_err());
+    }
+
+    #[test]
+    fn wss_to_a_plain_http_server_is_a_tls_failure_not_a_hang() {
+        let upstream = crate::faults::Upstream::start().unwrap();
+        let port = upstream.addr().port();
+        let cfg = pool(&format!("wss://127.0.0.1:{port}/"), "");
+        let tls = tls_config(None);
+        let started = Instant::now();
+        match connect(&cfg.endpoints[0], &cfg, &tls, &|| {}) {
+            Err(Cause::Tls(_)) => {}
+            other => panic!("expected a tls failure, got {:?}", other.map(|c| c.peer)),
+        }
+        assert!(started.elapsed() < cfg.connect_timeout * 2);
+    }
+
+    #[test]
+    fn a_ca_file_that_is_missing_or_holds_no_certificate_is_a_config_error_with_its_line() {
+        let missing = "[pools.t]\nendpoints = [\"wss://a/\"]\nca_file = \"/nonexistent/ca.pem\"\n";
+        let e = Config::parse(missing, "x.toml").unwrap_err().to_string();
+        assert!(e.starts_with("x.toml:3:"), "{e}");
+        assert!(e.contains("cannot read CA file"), "{e}");
+        let not_pem = format!(
+            "[pools.t]\nendpoints = [\"wss://a/\"]\nca_file = \"{}\"\n",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")
+        );
+        let e = Config::parse(&not_pem, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("no certificate in CA file"), "{e}");
     }
 }

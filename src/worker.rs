@@ -92,6 +92,8 @@ pub struct Worker {
     pub id: ConnId,
     pub pool: Arc<PoolConfig>,
     pub endpoint: Endpoint,
+    /// The pool's shared TLS configuration.
+    pub tls: Arc<rustls::ClientConfig>,
     pub events: Sender<Event>,
     pub commands: Receiver<Command>,
     pub shared: Arc<Shared>,
@@ -110,19 +112,20 @@ impl Worker {
         let started = Instant::now();
         self.shared.touch(started);
         let touch = || self.shared.touch(Instant::now());
-        let (cause, last_life) = match upstream::connect(&self.endpoint, &self.pool, &touch) {
-            Err(cause) => (cause, None),
-            Ok(conn) => {
-                let _ = self.events.send(Event::Connected {
-                    id: self.id,
-                    peer: conn.peer,
-                    took: started.elapsed(),
-                });
-                let mut serve = Serve::new(&self, conn.ws);
-                let cause = serve.run();
-                (cause, Some(serve.last_life))
-            }
-        };
+        let (cause, last_life) =
+            match upstream::connect(&self.endpoint, &self.pool, &self.tls, &touch) {
+                Err(cause) => (cause, None),
+                Ok(conn) => {
+                    let _ = self.events.send(Event::Connected {
+                        id: self.id,
+                        peer: conn.peer,
+                        took: started.elapsed(),
+                    });
+                    let mut serve = Serve::new(&self, conn.ws);
+                    let cause = serve.run();
+                    (cause, Some(serve.last_life))
+                }
+            };
         if self.shared.abandoned.load(Ordering::Relaxed) {
             return;
         }

@@ -346,9 +346,12 @@ impl Pool {
         let url = self.endpoints[index].url.clone();
         match transition {
             Some(Transition::Suspect) => {
-                let pinged = self.ping_endpoint(index, actions);
+                let pinged = match self.ping_endpoint(index, actions) {
+                    0 => String::new(),
+                    n => format!("pinging its {n} other connection(s) now; "),
+                };
                 let text = format!(
-                    "endpoint suspect: {what}; pinging its {pinged} other connection(s) now, replacements go to {}",
+                    "endpoint suspect: {what}; {pinged}replacements go to {}",
                     self.elsewhere(index)
                 );
                 actions.push(Action::Notice(

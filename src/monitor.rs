@@ -115,16 +115,10 @@ impl Monitor {
             let actions = self.pools[index].state.start(now);
             self.apply(index, actions);
         }
-        let mut next_tick = now + TICK;
+        let mut last_tick = now;
         loop {
             let now = Instant::now();
-            let wake = self
-                .pools
-                .iter()
-                .filter_map(|p| p.state.next_wake())
-                .min()
-                .unwrap_or(next_tick)
-                .min(next_tick);
+            let wake = self.next_wake(last_tick);
             select! {
                 recv(self.events) -> event => {
                     if let Ok(event) = event {
@@ -141,12 +135,24 @@ impl Monitor {
                 default(wake.saturating_duration_since(now)) => {}
             }
             let now = Instant::now();
-            if now >= next_tick || now >= wake {
+            if now >= wake {
                 self.tick(now);
-                next_tick = now + TICK;
+                last_tick = now;
             }
         }
         self.shutdown();
+    }
+
+    /// When to tick next: the earliest pool deadline after the last tick, at most
+    /// `TICK` after it. A deadline at or before the last tick was acted on (or cannot
+    /// be yet, like a backoff with a probe in flight): waking for it again would spin.
+    fn next_wake(&self, last_tick: Instant) -> Instant {
+        let cap = last_tick + TICK;
+        self.pools
+            .iter()
+            .filter_map(|p| p.state.next_wake())
+            .filter(|at| *at > last_tick)
+            .fold(cap, Instant::min)
     }
 
     fn on_event(&mut self, event: Event, now: Instant) {

@@ -218,15 +218,17 @@ impl Pool {
             .collect()
     }
 
-    /// The earliest moment `tick` has something to do.
+    /// The earliest moment `tick` may have something to do. Deadlines already acted on
+    /// are left out; the monitor also ignores any at or before its last tick.
     pub fn next_wake(&self) -> Option<Instant> {
         let attempts = self
             .endpoints
             .iter()
+            .filter(|slot| slot.connecting == 0)
             .filter_map(|slot| slot.health.next_attempt());
         let grace = self
             .below_since
-            .filter(|_| self.warm)
+            .filter(|_| self.warm && self.reported == Condition::Ok)
             .map(|since| since + self.grace);
         let warmup = (!self.warm).then_some(self.started + self.warmup);
         attempts.chain(grace).chain(warmup).min()

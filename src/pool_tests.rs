@@ -449,3 +449,21 @@ fn a_server_that_closes_every_new_connection_is_paced_not_hammered() {
     // backoff (ceiling 1 s) with one attempt at a time.
     assert!(attempts < 80, "{attempts} attempts in 10 s");
 }
+
+#[test]
+fn a_pool_that_is_down_with_probes_in_flight_asks_for_no_wake_in_the_past() {
+    // The monitor once spun at full speed here: the backoff deadline of an endpoint
+    // with a probe in flight, and the grace deadline of a pool already reported down,
+    // stayed in the past and kept its select timeout at zero.
+    let mut r = rig("down_after = 1");
+    let spawned = r.connect_all();
+    r.take();
+    for (id, _) in &spawned {
+        r.die(*id, Cause::Reset);
+    }
+    r.run_for(ms(3_000), &|_| Outcome::Pending);
+    assert_eq!(r.pool.condition(), Condition::Down);
+    if let Some(at) = r.pool.next_wake() {
+        assert!(at > r.now, "next_wake is {:?} in the past", r.now - at);
+    }
+}

@@ -291,8 +291,9 @@ impl Show {
 
     fn summary(&self) {
         println!("\nsummary (times from the fault):\n");
+        let width = self.records.iter().map(|r| r.what.len()).max().unwrap_or(5);
         println!(
-            "  {:<40} {:<18} {:>9} {:>9} {:>8}",
+            "  {:<width$}  {:<18} {:>9} {:>9} {:>8}",
             "fault", "detected by", "detect", "recover", "replaced"
         );
         for r in &self.records {
@@ -311,12 +312,13 @@ impl Show {
                 .map(|t| ms(t.saturating_duration_since(r.at)))
                 .unwrap_or_else(|| "-".into());
             println!(
-                "  {:<40} {:<18} {:>9} {:>9} {:>8}",
+                "  {:<width$}  {:<18} {:>9} {:>9} {:>8}",
                 r.what, by, detect, recover, r.replaced
             );
         }
         println!(
-            "\n  detect: fault to the first connection declared dead; recover: fault to the pool back at min."
+            "\n  detect: from the fault to the first connection declared dead (the test servers\n  take up to {} ms to act); recover: from the fault until the pool is back at min.",
+            crate::faults::TICK.as_millis()
         );
     }
 }

@@ -62,6 +62,7 @@ mod default {
     pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
     pub const BACKOFF_RESET: Duration = Duration::from_secs(30);
     pub const DOWN_AFTER: u32 = 3;
+    pub const MAX_CONNECTING: usize = 32;
     pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 }
 
@@ -151,6 +152,9 @@ pub struct PoolConfig {
     pub backoff_reset: Duration,
     /// Consecutive failures that take an endpoint down. Default 3.
     pub down_after: u32,
+    /// Dial attempts in flight to one endpoint at most, so warm-up and mass
+    /// replacement ramp instead of flooding it. Default 32.
+    pub max_connecting: usize,
     /// Extra handshake headers, in file order. Default none.
     pub headers: Vec<(String, String)>,
     /// Text messages sent after every connect. Default none.
@@ -531,6 +535,9 @@ fn validate_pool(
         backoff_max,
         backoff_reset: raw.backoff_reset.map_or(default::BACKOFF_RESET, |d| d.0),
         down_after: raw.down_after.map_or(default::DOWN_AFTER, |n| n.0),
+        max_connecting: raw
+            .max_connecting
+            .map_or(default::MAX_CONNECTING, |n| n.get()),
         headers: raw.headers.map_or_else(Vec::new, |h| h.0),
         on_connect: raw
             .on_connect
@@ -596,6 +603,7 @@ struct RawPool {
     backoff_max: Option<Spanned<Interval<false>>>,
     backoff_reset: Option<Interval<true>>,
     down_after: Option<Count<1>>,
+    max_connecting: Option<Count<1>>,
     headers: Option<Headers>,
     on_connect: Option<Vec<Text>>,
     max_message_size: Option<Size<1024>>,

@@ -57,6 +57,7 @@ struct Conn {
 pub struct Pool {
     name: String,
     min: usize,
+    max_connecting: u32,
     grace: Duration,
     warmup: Duration,
     endpoints: Vec<EndpointSlot>,
@@ -96,6 +97,7 @@ impl Pool {
         Pool {
             name: cfg.name.clone(),
             min: cfg.min,
+            max_connecting: cfg.max_connecting.min(u32::MAX as usize) as u32,
             grace,
             warmup: cfg.connect_timeout + grace,
             endpoints,
@@ -431,23 +433,28 @@ impl Pool {
 
     /// The endpoint for the next connection: the least loaded primary that is up, else
     /// the least loaded backup that is up, else an endpoint whose backoff allows an
-    /// attempt (primaries first).
+    /// attempt (primaries first). At most `max_connecting` dials per endpoint.
     fn choose(&self, now: Instant) -> Option<usize> {
         let least_loaded = |backup: bool| {
             self.endpoints
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| s.backup == backup && s.health.state() == State::Up)
+                .filter(|(_, s)| s.connecting < self.max_connecting)
                 .min_by_key(|(i, s)| (s.connected + s.connecting, *i))
                 .map(|(i, _)| i)
         };
-        least_loaded(false)
-            .or_else(|| least_loaded(true))
-            .or_else(|| {
-                self.endpoints
-                    .iter()
-                    .position(|s| s.health.may_attempt(now, s.connecting))
-            })
+        // An up endpoint whose dials are all in flight means waiting for them, not
+        // spilling onto backups or endpoints out of rotation.
+        if self.primary_up() {
+            return least_loaded(false);
+        }
+        if self.endpoints.iter().any(|s| s.health.state() == State::Up) {
+            return least_loaded(true);
+        }
+        self.endpoints
+            .iter()
+            .position(|s| s.health.may_attempt(now, s.connecting))
     }
 
     fn spawn(&mut self, endpoint: usize, now: Instant, actions: &mut Vec<Action>) {

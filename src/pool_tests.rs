@@ -408,13 +408,15 @@ fn five_hundred_deaths_at_once_are_a_handful_of_lines() {
     let mut r = rig("");
     r.pool.min = 500;
     r.advance(ms(1));
-    let spawned = r.connect_all();
-    assert_eq!(spawned.len(), 500);
-    r.take();
-    for (id, e) in &spawned {
-        if *e == 0 {
-            r.die(*id, Cause::HeartbeatTimeout);
-        }
+    r.settle(&|_| Outcome::Up);
+    assert_eq!(r.pool.healthy(), 500);
+    let on_a: Vec<ConnId> = r
+        .pool
+        .conn_ids()
+        .filter(|id| r.pool.endpoint_of(*id) == Some(0))
+        .collect();
+    for id in on_a {
+        r.die(id, Cause::HeartbeatTimeout);
     }
     let notices = Rig::notices(&r.take());
     let about_a = notices
@@ -466,4 +468,31 @@ fn a_pool_that_is_down_with_probes_in_flight_asks_for_no_wake_in_the_past() {
     if let Some(at) = r.pool.next_wake() {
         assert!(at > r.now, "next_wake is {:?} in the past", r.now - at);
     }
+}
+
+#[test]
+fn warm_up_of_a_large_pool_ramps_in_waves_of_max_connecting_per_endpoint() {
+    let mut r = rig("max_connecting = 8");
+    r.pool.min = 100;
+    r.take();
+    r.advance(ms(1));
+    let first = Rig::spawns(&r.take());
+    // The rig's start already has 2 dials in flight on each primary.
+    assert_eq!(
+        first.len(),
+        12,
+        "8 in flight per primary, none to the backup"
+    );
+    assert!(first.iter().all(|(_, e)| *e < 2));
+    // Each connect that completes lets one more dial start.
+    r.connect(first[0].0);
+    let next = Rig::spawns(&r.take());
+    assert_eq!(next.len(), 1);
+    let pending = first[1..].iter().chain(&next).map(|(id, _)| *id);
+    let started: Vec<ConnId> = pending.chain(r.pool.conn_ids()).collect();
+    for id in started {
+        r.connect(id);
+    }
+    r.settle(&|_| Outcome::Up);
+    assert_eq!(r.pool.healthy(), 100);
 }

@@ -86,6 +86,8 @@ struct Shared {
     pings: AtomicU64,
     received: Mutex<Vec<Received>>,
     headers: Mutex<Vec<(String, String)>>,
+    /// Close codes the clients sent (1005 for a close frame without one).
+    close_codes: Mutex<Vec<u16>>,
 }
 
 struct State {
@@ -127,6 +129,7 @@ impl Upstream {
             pings: AtomicU64::new(0),
             received: Mutex::new(Vec::new()),
             headers: Mutex::new(Vec::new()),
+            close_codes: Mutex::new(Vec::new()),
         });
         let acceptor = accept(&shared, listener)?;
         Ok(Upstream {
@@ -256,6 +259,11 @@ impl Upstream {
     /// How many pings it has received (and answered, unless frozen at the time).
     pub fn pings(&self) -> u64 {
         self.shared.pings.load(Ordering::Relaxed)
+    }
+
+    /// The close codes clients sent, in arrival order (1005: a close frame without one).
+    pub fn close_codes(&self) -> Vec<u16> {
+        self.shared.close_codes.lock().clone()
     }
 }
 
@@ -598,7 +606,9 @@ impl Conn {
                     pending = true;
                     continue;
                 }
-                Ok(Message::Close(_)) => {
+                Ok(Message::Close(frame)) => {
+                    let code = frame.map_or(1005, |f| u16::from(f.code));
+                    self.shared.close_codes.lock().push(code);
                     // tungstenite has queued the reply; the next read ends the connection.
                     pending = true;
                     continue;

@@ -1,0 +1,149 @@
+//! The built `wspoold` binary: `check` and its exit codes, `run` and SIGTERM, `demo`.
+
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use wspoold::faults::Upstream;
+
+use crate::util::{TempDir, wait_until, watchdog};
+
+fn wspoold(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wspoold"))
+        .args(args)
+        .output()
+        .expect("run wspoold")
+}
+
+fn write(dir: &TempDir, name: &str, text: &str) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn check_accepts_a_valid_config_with_exit_0() {
+    let dir = TempDir::new();
+    let path = write(
+        &dir,
+        "ok.toml",
+        "[pools.p]\nendpoints = [\"ws://127.0.0.1:9/\"]\n",
+    );
+    let out = wspoold(&["check", "--config", &path]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+}
+
+#[test]
+fn check_rejects_bad_configs_with_exit_78_naming_file_line_and_column() {
+    let dir = TempDir::new();
+    let cases = [
+        ("syntax.toml", "[pools.p\nendpoints = []\n", ":1:"),
+        (
+            "unknown.toml",
+            "[pools.p]\nendpoints = [\"ws://a/\"]\nmni = 2\n",
+            ":3:1",
+        ),
+        (
+            "duration.toml",
+            "[pools.p]\nendpoints = [\"ws://a/\"]\nheartbeat_interval = \"5x\"\n",
+            ":3:22",
+        ),
+        (
+            "unset.toml",
+            "[pools.p]\nendpoints = [\"ws://${WSPOOLD_TEST_UNSET_VAR}/\"]\n",
+            ":2:",
+        ),
+        (
+            "scheme.toml",
+            "[pools.p]\nendpoints = [\"http://a/\"]\n",
+            ":2:",
+        ),
+    ];
+    for (name, text, place) in cases {
+        let path = write(&dir, name, text);
+        let out = wspoold(&["check", "--config", &path]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{name}: {err}");
+        assert!(err.contains(&format!("{path}{place}")), "{name}: {err}");
+    }
+    let out = wspoold(&["check", "--config", "/nonexistent/wspoold.toml"]);
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/wspoold.toml"));
+}
+
+#[test]
+fn unknown_command_exits_1_with_usage() {
+    let out = wspoold(&["fly"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"));
+}
+
+#[test]
+fn run_closes_every_connection_with_1001_and_exits_0_within_5s_of_sigterm() {
+    watchdog(60, || {
+        let up = Upstream::start().unwrap();
+        let dir = TempDir::new();
+        let config = format!(
+            "[daemon]\nstate_dir = \"{}\"\n[alerts]\nsyslog = false\n[pools.p]\nendpoints = [\"{}\"]\nmin = 300\nmax = 300\n",
+            dir.path().display(),
+            up.url()
+        );
+        let path = write(&dir, "run.toml", &config);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wspoold"))
+            .args(["run", "--config", &path])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until(
+            Duration::from_secs(20),
+            || format!("300 connections, have {}", up.connections()),
+            || up.connections() >= 300,
+        );
+        let signalled = Instant::now();
+        // SAFETY: sends a signal to our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let mut exited = None;
+        wait_until(
+            Duration::from_secs(5),
+            || "the daemon to exit after SIGTERM".into(),
+            || {
+                exited = child.try_wait().unwrap();
+                exited.is_some()
+            },
+        );
+        let status = exited.unwrap();
+        assert!(signalled.elapsed() < Duration::from_secs(5));
+        assert!(status.success(), "{status}");
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(
+            stderr.contains("shut down: closed 300 connection(s)"),
+            "{stderr}"
+        );
+        wait_until(
+            Duration::from_secs(5),
+            || format!("{} still open", up.connections()),
+            || up.connections() == 0,
+        );
+        assert_eq!(up.close_codes().iter().filter(|c| **c == 1001).count(), 300);
+    });
+}
+
+#[test]
+fn demo_runs_on_its_own_and_prints_the_summary() {
+    watchdog(60, || {
+        let out = wspoold(&["demo", "--seconds", "10"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        assert!(stdout.contains("summary"), "{stdout}");
+        for cause in ["heartbeat_timeout", "FAULT: alpha killed", "http 503"] {
+            assert!(stdout.contains(cause), "{cause} missing from:\n{stdout}");
+        }
+    });
+}

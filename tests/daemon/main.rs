@@ -1,0 +1,10 @@
+//! End-to-end tests of the daemon: real upstream servers and a fault relay on
+//! loopback, the daemon in-process (observed) or as the built binary.
+
+mod binary;
+mod blackhole;
+mod failover;
+mod faults;
+mod idle;
+mod syslog;
+mod util;

@@ -195,6 +195,21 @@ impl Running {
         }
     }
 
+    /// Wait for a connection to die of silence (heartbeat timeout or write stall) and
+    /// assert the detection bound: no later than `BOUND` after its last frame.
+    pub fn wait_silent_peer_death(&mut self, within: Duration) -> (Cause, Instant, Instant) {
+        let (cause, at, last_life, _) = self.wait_death(within, "a silent peer", |c| {
+            matches!(c, Cause::HeartbeatTimeout | Cause::WriteStall)
+        });
+        let last_life = last_life.expect("it was connected");
+        assert!(
+            at.duration_since(last_life) <= BOUND,
+            "{cause} declared {:?} after the last frame",
+            at.duration_since(last_life)
+        );
+        (cause, at, last_life)
+    }
+
     /// Wait for a notice whose text contains `text`.
     pub fn wait_notice(&mut self, within: Duration, text: &str) -> wspoold::event::Notice {
         match self.wait_for(

@@ -293,8 +293,8 @@ impl Show {
         println!("\nsummary (times from the fault):\n");
         let width = self.records.iter().map(|r| r.what.len()).max().unwrap_or(5);
         println!(
-            "  {:<width$}  {:<18} {:>9} {:>9} {:>8}",
-            "fault", "detected by", "detect", "recover", "replaced"
+            "  {:<width$}  {:<18} {:>9} {:>9} {:>9} {:>8}",
+            "fault", "detected by", "detect", "replace", "recover", "replaced"
         );
         for r in &self.records {
             let detect = r
@@ -311,18 +311,26 @@ impl Show {
                 .recovered
                 .map(|t| ms(t.saturating_duration_since(r.at)))
                 .unwrap_or_else(|| "-".into());
+            let replace = match (&r.detected, r.recovered) {
+                (Some((died, _)), Some(whole)) => ms(whole.saturating_duration_since(*died)),
+                _ => "-".into(),
+            };
             println!(
-                "  {:<width$}  {:<18} {:>9} {:>9} {:>8}",
-                r.what, by, detect, recover, r.replaced
+                "  {:<width$}  {:<18} {:>9} {:>9} {:>9} {:>8}",
+                r.what, by, detect, replace, recover, r.replaced
             );
         }
         println!(
-            "\n  detect: from the fault to the first connection declared dead (the test servers\n  take up to {} ms to act); recover: from the fault until the pool is back at min.",
+            "\n  detect: from the fault to the first connection declared dead (the test servers\n  take up to {} ms to act); replace: from that death until the pool is back at min;\n  recover: from the fault until the pool is back at min.",
             crate::faults::TICK.as_millis()
         );
     }
 }
 
 fn ms(d: Duration) -> String {
-    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+    if d < Duration::from_millis(10) {
+        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+    } else {
+        format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+    }
 }

@@ -63,6 +63,8 @@ mod default {
     pub const BACKOFF_RESET: Duration = Duration::from_secs(30);
     pub const DOWN_AFTER: u32 = 3;
     pub const MAX_CONNECTING: usize = 32;
+    pub const SPARE: usize = 1;
+    pub const LEASE_TIMEOUT: Duration = Duration::from_secs(5);
     pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
 }
 
@@ -164,6 +166,13 @@ pub struct PoolConfig {
     /// CA certificates to trust for wss:// instead of the built-in Mozilla roots, read
     /// from `ca_file` when the configuration is loaded. Default none (built-in roots).
     pub ca: Option<CaBundle>,
+    /// Local clients must send `Authorization: Bearer <token>`. Default none (no check;
+    /// allowed only while `listen` is a loopback address).
+    pub client_token: Option<String>,
+    /// Idle connections kept warm beyond those leased, up to `max`. Default 1.
+    pub spare: usize,
+    /// How long a client waits for a connection when the pool is at `max`. Default 5s.
+    pub lease_timeout: Duration,
 }
 
 /// The certificates of a `ca_file`.
@@ -362,6 +371,13 @@ fn validate(raw: RawConfig, source: &Source) -> Result<Config, ConfigError> {
             );
             return Err(source.error(Some(spans.path), message));
         }
+        if !daemon.listen.ip().is_loopback() && pool.client_token.is_none() {
+            let message = format!(
+                "listen {} is not a loopback address, but pool {} has no client_token: anyone who reaches the port would ride the pool",
+                daemon.listen, pool.name
+            );
+            return Err(source.error(Some(spans.table), message));
+        }
         total_min += pool.min;
         if total_min > daemon.max_connections {
             let message = format!(
@@ -549,6 +565,9 @@ fn validate_pool(
             .max_message_size
             .map_or(default::MAX_MESSAGE_SIZE, |s| s.0),
         ca: raw.ca_file.map(|c| c.0),
+        client_token: raw.client_token.map(|t| t.0).filter(|t| !t.is_empty()),
+        spare: raw.spare.map_or(default::SPARE, |n| n.get()),
+        lease_timeout: raw.lease_timeout.map_or(default::LEASE_TIMEOUT, |d| d.0),
         name,
     };
     let spans = PoolSpans {
@@ -608,6 +627,9 @@ struct RawPool {
     on_connect: Option<Vec<Text>>,
     max_message_size: Option<Size<1024>>,
     ca_file: Option<CaFile>,
+    client_token: Option<Text>,
+    spare: Option<Count<0>>,
+    lease_timeout: Option<Interval<false>>,
 }
 
 // ----------------------------------------------------------------------------------

@@ -840,7 +840,7 @@ fn key_names_come_from_the_raw_structs() {
             "{key} missing from {keys:?}"
         );
     }
-    assert_eq!(keys.len(), 4 + 4 + 18, "{keys:?}");
+    assert_eq!(keys.len(), 4 + 4 + 21, "{keys:?}");
     assert_eq!(
         keys.iter().collect::<HashSet<_>>().len(),
         keys.len(),
@@ -852,7 +852,7 @@ const EXAMPLE: &str = include_str!("../systemd/wspoold.toml");
 const MAN_PAGE: &str = include_str!("../man/wspoold.toml.5");
 
 fn example_env(name: &str) -> Option<String> {
-    (name == "MARKET_TOKEN").then(|| "example-token".to_string())
+    matches!(name, "MARKET_TOKEN" | "MARKET_CLIENT_TOKEN").then(|| "example-token".to_string())
 }
 
 #[test]

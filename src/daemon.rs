@@ -11,6 +11,7 @@ use signal_hook::iterator::Signals;
 use crate::alert::Alerter;
 use crate::config::Config;
 use crate::event::{Control, Notice, Observation, Severity};
+use crate::listener::{Listener, ListenerHandle};
 use crate::monitor::Monitor;
 
 /// How the daemon is embedded.
@@ -22,17 +23,21 @@ pub struct Options {
     pub observer: Option<Sender<Observation>>,
 }
 
-/// A running daemon: the monitor and the alerter threads.
+/// A running daemon: the listener, the monitor and the alerter threads.
 pub struct Daemon {
     control: Sender<Control>,
+    listener: ListenerHandle,
     monitor: JoinHandle<()>,
     alerter: JoinHandle<()>,
 }
 
 impl Daemon {
-    /// Start the alerter and the monitor; the monitor opens the pools.
+    /// Bind the local bridge, then start the alerter, the monitor (which opens the
+    /// pools) and the listener. Fails if `[daemon] listen` cannot be bound.
     pub fn start(config: &Config, options: Options) -> io::Result<Daemon> {
         let (alerter, alerts) = Alerter::new(&config.alerts, options.stderr);
+        let (clients, clients_rx) = crossbeam_channel::bounded(1024);
+        let listener = Listener::bind(config, clients, alerts.clone())?;
         let alerter = alerter.spawn()?;
         let wanted: usize = config.pools.iter().map(|p| p.min).sum();
         alerts.send(Notice::new(
@@ -44,12 +49,20 @@ impl Daemon {
             ),
         ));
         let (control, control_rx) = crossbeam_channel::bounded(16);
-        let monitor = Monitor::new(config, control_rx, alerts, options.observer).spawn()?;
+        let monitor =
+            Monitor::new(config, control_rx, clients_rx, alerts, options.observer).spawn()?;
+        let listener = listener.spawn()?;
         Ok(Daemon {
             control,
+            listener,
             monitor,
             alerter,
         })
+    }
+
+    /// Where local clients connect (the bound `[daemon] listen`, its port resolved).
+    pub fn listen_addr(&self) -> std::net::SocketAddr {
+        self.listener.addr()
     }
 
     /// A sender for shutdown and reload requests.
@@ -64,8 +77,10 @@ impl Daemon {
     }
 
     /// Wait until the monitor has shut down and the alerter has written everything.
-    pub fn wait(self) {
+    pub fn wait(mut self) {
         let _ = self.monitor.join();
+        self.listener.stop();
+        drop(self.listener);
         // The monitor held the alerter's only sender: the alerter drains and ends.
         let _ = self.alerter.join();
     }

@@ -108,6 +108,8 @@ fn demo_config(upstreams: &[Upstream; 3]) -> Result<Config, crate::config::Confi
     let text = format!(
         r#"
 [daemon]
+listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
 state_dir = "{}"
 
 [alerts]

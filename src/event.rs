@@ -2,8 +2,10 @@
 //! what control asks for, and the notices that become log lines and alerts.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
+
+use tungstenite::WebSocket;
 
 /// Identifies one pooled connection (one worker thread) for the daemon's lifetime.
 pub type ConnId = u64;
@@ -127,6 +129,13 @@ pub enum Event {
         sent: Instant,
         rtt: Option<Duration>,
     },
+    /// The client of this connection is gone: it left, or was closed with `code`.
+    SessionEnded {
+        id: ConnId,
+        session: SessionId,
+        code: u16,
+        why: String,
+    },
     /// The connection is gone (or never came up); the worker exits after sending this.
     Died {
         id: ConnId,
@@ -141,9 +150,10 @@ pub enum Event {
 impl Event {
     pub fn id(&self) -> ConnId {
         match self {
-            Event::Connected { id, .. } | Event::Heartbeat { id, .. } | Event::Died { id, .. } => {
-                *id
-            }
+            Event::Connected { id, .. }
+            | Event::Heartbeat { id, .. }
+            | Event::SessionEnded { id, .. }
+            | Event::Died { id, .. } => *id,
         }
     }
 }
@@ -155,6 +165,38 @@ pub enum Command {
     PingNow,
     /// Close the connection with this code and reason, then exit.
     Close(u16, String),
+}
+
+/// Identifies one local client's session for the daemon's lifetime.
+pub type SessionId = u64;
+
+/// A local client that finished its handshake, on its way to a pooled connection. Its
+/// socket is non-blocking.
+pub struct Client {
+    pub session: SessionId,
+    /// Index of its pool in the configuration.
+    pub pool: usize,
+    pub ws: WebSocket<TcpStream>,
+    pub peer: SocketAddr,
+    pub arrived: Instant,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("session", &self.session)
+            .field("pool", &self.pool)
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What reaches a worker from the monitor.
+#[derive(Debug)]
+pub enum ToWorker {
+    Command(Command),
+    /// Serve this client on the connection from now on.
+    Attach(Box<Client>),
 }
 
 /// What the signal thread (or an embedding program) asks of the monitor.

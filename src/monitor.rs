@@ -14,7 +14,10 @@ use crossbeam_channel::{Receiver, Sender, select};
 use crate::alert::Alerts;
 use crate::backoff::Rng;
 use crate::config::{Config, Endpoint, PoolConfig};
-use crate::event::{Cause, Command, ConnId, Control, Event, Notice, Observation, Severity};
+use crate::event::{
+    Cause, Client, Command, ConnId, Control, Event, Notice, Observation, SessionId, Severity,
+    ToWorker,
+};
 use crate::pool::{Action, Pool};
 use crate::upstream;
 use crate::worker::{self, Shared, Worker};
@@ -28,7 +31,7 @@ pub const EVENT_QUEUE: usize = 65_536;
 
 struct Handle {
     pool: usize,
-    commands: Sender<Command>,
+    commands: Sender<ToWorker>,
     shared: Arc<Shared>,
     thread: JoinHandle<()>,
 }
@@ -51,6 +54,9 @@ pub struct Monitor {
     events_tx: Sender<Event>,
     events: Receiver<Event>,
     control: Receiver<Control>,
+    /// Local clients from the listener, and those waiting for a connection.
+    clients: Receiver<Client>,
+    waiting: HashMap<SessionId, Client>,
     alerts: Alerts,
     observer: Option<Sender<Observation>>,
     max_connections: usize,
@@ -61,6 +67,7 @@ impl Monitor {
     pub fn new(
         config: &Config,
         control: Receiver<Control>,
+        clients: Receiver<Client>,
         alerts: Alerts,
         observer: Option<Sender<Observation>>,
     ) -> Monitor {
@@ -95,6 +102,8 @@ impl Monitor {
             events_tx,
             events,
             control,
+            clients,
+            waiting: HashMap::new(),
             alerts,
             observer,
             max_connections: config.daemon.max_connections,
@@ -125,6 +134,11 @@ impl Monitor {
                         self.on_event(event, Instant::now());
                     }
                 }
+                recv(self.clients) -> client => {
+                    if let Ok(client) = client {
+                        self.on_client(client, Instant::now());
+                    }
+                }
                 recv(self.control) -> control => match control {
                     Ok(Control::Reload) => self.notice(Notice::new(
                         Severity::Warning,
@@ -153,6 +167,18 @@ impl Monitor {
             .filter_map(|p| p.state.next_wake())
             .filter(|at| *at > last_tick)
             .fold(cap, Instant::min)
+    }
+
+    /// A local client finished its handshake: lease it a connection of its pool.
+    fn on_client(&mut self, client: Client, now: Instant) {
+        let index = client.pool;
+        if index >= self.pools.len() {
+            return close_client(client, 1011, "no such pool");
+        }
+        let session = client.session;
+        self.waiting.insert(session, client);
+        let actions = self.pools[index].state.lease(session, now);
+        self.apply(index, actions);
     }
 
     fn on_event(&mut self, event: Event, now: Instant) {
@@ -219,6 +245,16 @@ impl Monitor {
                 Action::Spawn { id, endpoint } => self.start_worker(index, id, endpoint),
                 Action::Command(id, command) => self.command(id, command),
                 Action::Notice(notice) => self.notice(notice),
+                Action::Attach { conn, session } => self.attach(index, conn, session),
+                Action::Reject {
+                    session,
+                    code,
+                    reason,
+                } => {
+                    if let Some(client) = self.waiting.remove(&session) {
+                        close_client(client, code, &reason);
+                    }
+                }
             }
         }
         if let Some(observer) = &self.observer {
@@ -291,8 +327,48 @@ impl Monitor {
 
     fn command(&self, id: ConnId, command: Command) {
         if let Some(handle) = self.workers.get(&id) {
-            let _ = handle.commands.send(command);
+            let _ = handle.commands.send(ToWorker::Command(command));
             handle.shared.wake.signal();
+        }
+    }
+
+    /// Hand a waiting client to the worker of an idle connection.
+    fn attach(&mut self, index: usize, conn: ConnId, session: SessionId) {
+        let Some(client) = self.waiting.remove(&session) else {
+            return;
+        };
+        let Some(handle) = self.workers.get(&conn) else {
+            return close_client(
+                client,
+                1011,
+                "connection lost before the client was attached",
+            );
+        };
+        let waited = client.arrived.elapsed();
+        let peer = client.peer;
+        match handle.commands.send(ToWorker::Attach(Box::new(client))) {
+            Ok(()) => {
+                handle.shared.wake.signal();
+                let endpoint = self.pools[index]
+                    .state
+                    .endpoint_of(conn)
+                    .map(|e| self.pools[index].state.endpoint_url(e).to_string())
+                    .unwrap_or_default();
+                let text = format!(
+                    "session {session} from {peer} attached to connection {conn} after {}",
+                    crate::event::human(waited)
+                );
+                let notice = Notice::new(Severity::Info, text)
+                    .pool(self.pools[index].state.name())
+                    .endpoint(&endpoint);
+                self.notice(notice);
+            }
+            Err(crossbeam_channel::SendError(ToWorker::Attach(client))) => close_client(
+                *client,
+                1011,
+                "connection lost before the client was attached",
+            ),
+            Err(_) => {}
         }
     }
 
@@ -306,6 +382,9 @@ impl Monitor {
     /// Close every connection with 1001, wait for the workers (bounded), join them.
     fn shutdown(mut self) {
         let started = Instant::now();
+        for (_, client) in self.waiting.drain() {
+            close_client(client, 1001, "wspoold shutting down");
+        }
         let total = self.workers.len();
         for index in 0..self.pools.len() {
             let actions = self.pools[index]
@@ -340,4 +419,16 @@ impl Monitor {
         };
         self.notice(Notice::new(Severity::Info, text));
     }
+}
+
+/// Close a client that never reached a connection, best effort and without blocking:
+/// the close frame fits in a fresh socket buffer.
+pub fn close_client(mut client: Client, code: u16, reason: &str) {
+    use tungstenite::protocol::CloseFrame;
+    let frame = CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
+    };
+    let _ = client.ws.close(Some(frame));
+    let _ = client.ws.flush();
 }

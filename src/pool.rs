@@ -3,12 +3,14 @@
 //! condition is worth an alert. A function of (state, event, now): no sockets, no
 //! threads, no clock reads. The monitor applies the actions it returns.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::backoff::{Backoff, Rng};
 use crate::config::PoolConfig;
-use crate::event::{Cause, Command, ConnId, Event, Notice, Observation, Severity, human};
+use crate::event::{
+    Cause, Command, ConnId, Event, Notice, Observation, SessionId, Severity, human,
+};
 use crate::health::{Health, State, Transition};
 
 /// What the monitor must do.
@@ -20,6 +22,14 @@ pub enum Action {
     Command(ConnId, Command),
     /// A line for syslog (and stderr when in the foreground).
     Notice(Notice),
+    /// Hand a waiting client to an idle connection.
+    Attach { conn: ConnId, session: SessionId },
+    /// Turn a waiting client away with this close code.
+    Reject {
+        session: SessionId,
+        code: u16,
+        reason: String,
+    },
 }
 
 /// How healthy the pool is, as last reported to the operator.
@@ -50,6 +60,8 @@ struct Conn {
     /// count toward `min` until it connects.
     probe: bool,
     retiring: bool,
+    /// The client it serves, if any.
+    leased: Option<SessionId>,
 }
 
 /// One pool's state, owned by the monitor.
@@ -57,6 +69,11 @@ struct Conn {
 pub struct Pool {
     name: String,
     min: usize,
+    max: usize,
+    spare: usize,
+    lease_timeout: Duration,
+    /// Clients waiting for a connection, oldest first, with their deadlines.
+    waiting: VecDeque<(SessionId, Instant)>,
     max_connecting: u32,
     grace: Duration,
     warmup: Duration,
@@ -97,6 +114,10 @@ impl Pool {
         Pool {
             name: cfg.name.clone(),
             min: cfg.min,
+            max: cfg.max,
+            spare: cfg.spare,
+            lease_timeout: cfg.lease_timeout,
+            waiting: VecDeque::new(),
             max_connecting: cfg.max_connecting.min(u32::MAX as usize) as u32,
             grace,
             warmup: cfg.connect_timeout + grace,
@@ -181,6 +202,23 @@ impl Pool {
                 }
             }
             Event::Heartbeat { rtt: None, .. } => return actions,
+            Event::SessionEnded {
+                id,
+                session,
+                code,
+                why,
+            } => {
+                if let Some(conn) = self.conns.get_mut(id) {
+                    conn.leased = None;
+                }
+                actions.push(Action::Notice(
+                    Notice::new(
+                        Severity::Info,
+                        format!("session {session} ended ({code}): {why}"),
+                    )
+                    .pool(&self.name),
+                ));
+            }
             Event::Died {
                 id,
                 cause,
@@ -200,6 +238,84 @@ impl Pool {
         let mut actions = Vec::new();
         self.after_change(now, &mut actions);
         actions
+    }
+
+    /// A client asks for a connection: attached to an idle one now, or queued (and the
+    /// pool grown, up to `max`) until one is idle or `lease_timeout` passes.
+    pub fn lease(&mut self, session: SessionId, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.waiting.push_back((session, now + self.lease_timeout));
+        self.after_change(now, &mut actions);
+        actions
+    }
+
+    /// Connections serving a client.
+    pub fn leased(&self) -> usize {
+        self.conns.values().filter(|c| c.leased.is_some()).count()
+    }
+
+    /// Clients waiting for a connection.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// How many connections the pool wants now: `min`, or every leased and waiting
+    /// client plus `spare` idle ones, at most `max`.
+    fn target(&self) -> usize {
+        let demand = self.leased() + self.waiting.len() + self.spare;
+        self.min.max(demand.min(self.max))
+    }
+
+    /// An idle connection for a client: connected, free, on an endpoint in rotation
+    /// if there is one.
+    fn idle_conn(&self) -> Option<ConnId> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.connected && !c.retiring && c.leased.is_none())
+            .max_by_key(|(id, c)| {
+                let up = self.endpoints[c.endpoint].health.state() == State::Up;
+                (up, c.proven, std::cmp::Reverse(**id))
+            })
+            .map(|(id, _)| *id)
+    }
+
+    /// Turn away clients whose wait is over; attach the others to idle connections.
+    fn serve_waiting(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        while let Some(&(session, deadline)) = self.waiting.front() {
+            if now < deadline {
+                break;
+            }
+            self.waiting.pop_front();
+            let reason = format!(
+                "no connection available within {}",
+                human(self.lease_timeout)
+            );
+            actions.push(Action::Notice(
+                Notice::new(
+                    Severity::Warning,
+                    format!(
+                        "session {session} refused with 1013: {reason} (pool at max {})",
+                        self.max
+                    ),
+                )
+                .pool(&self.name),
+            ));
+            actions.push(Action::Reject {
+                session,
+                code: 1013,
+                reason,
+            });
+        }
+        while !self.waiting.is_empty() {
+            let Some(conn) = self.idle_conn() else {
+                break;
+            };
+            let (session, _) = self.waiting.pop_front().expect("not empty");
+            if let Some(c) = self.conns.get_mut(&conn) {
+                c.leased = Some(session);
+            }
+            actions.push(Action::Attach { conn, session });
+        }
     }
 
     /// The monitor could not start the worker for `id` (a daemon-wide bound was hit).
@@ -233,7 +349,8 @@ impl Pool {
             .filter(|_| self.warm && self.reported == Condition::Ok)
             .map(|since| since + self.grace);
         let warmup = (!self.warm).then_some(self.started + self.warmup);
-        attempts.chain(grace).chain(warmup).min()
+        let lease = self.waiting.front().map(|(_, deadline)| *deadline);
+        attempts.chain(grace).chain(warmup).chain(lease).min()
     }
 
     fn connected(&mut self, id: ConnId, now: Instant) {
@@ -473,6 +590,7 @@ impl Pool {
                 proven: false,
                 probe,
                 retiring: false,
+                leased: None,
             },
         );
         actions.push(Action::Spawn { id, endpoint });
@@ -494,7 +612,7 @@ impl Pool {
             .conns
             .values()
             .any(|c| !c.retiring && self.endpoints[c.endpoint].backup);
-        let target = self.min + usize::from(on_backup && self.primary_up());
+        let target = self.target() + usize::from(on_backup && self.primary_up());
         while self.live() < target {
             let Some(endpoint) = self.choose(now) else {
                 break;
@@ -517,14 +635,14 @@ impl Pool {
     /// Retire one surplus connection at a time, once nothing is connecting: backups
     /// first while a primary is up, then the busiest endpoint.
     fn trim(&mut self, actions: &mut Vec<Action>) {
-        if self.connecting() > 0 || self.live() <= self.min {
+        if self.connecting() > 0 || self.live() <= self.target() {
             return;
         }
         let primary_up = self.primary_up();
         let victim = self
             .conns
             .iter()
-            .filter(|(_, c)| c.connected && !c.retiring)
+            .filter(|(_, c)| c.connected && !c.retiring && c.leased.is_none())
             .max_by_key(|(id, c)| {
                 let slot = &self.endpoints[c.endpoint];
                 (
@@ -547,6 +665,7 @@ impl Pool {
     }
 
     fn after_change(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        self.serve_waiting(now, actions);
         self.fill(now, actions);
         self.trim(actions);
         self.assess(now, actions);

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::config::Config;
+use crate::event::SessionId;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -15,6 +16,11 @@ struct Rig {
 }
 
 fn rig(extra: &str) -> Rig {
+    let min = if extra.contains("min =") {
+        ""
+    } else {
+        "min = 4"
+    };
     let text = format!(
         r#"
 [alerts]
@@ -24,7 +30,7 @@ grace = "1s"
 [pools.p]
 endpoints = ["ws://a.test/", "ws://b.test/"]
 backup = ["ws://z.test/"]
-min = 4
+{min}
 connect_timeout = "1s"
 backoff_base = "100ms"
 backoff_max = "1s"
@@ -495,4 +501,67 @@ fn warm_up_of_a_large_pool_ramps_in_waves_of_max_connecting_per_endpoint() {
     }
     r.settle(&|_| Outcome::Up);
     assert_eq!(r.pool.healthy(), 100);
+}
+
+fn attaches(actions: &[Action]) -> Vec<(ConnId, SessionId)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Attach { conn, session } => Some((*conn, *session)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_client_gets_an_idle_connection_at_once_and_the_pool_refills_its_spare() {
+    let mut r = rig("min = 1\nmax = 3\nspare = 1");
+    r.settle(&|_| Outcome::Up);
+    assert_eq!(r.pool.healthy(), 1);
+    let actions = r.pool.lease(7, r.now);
+    let attached = attaches(&actions);
+    assert_eq!(attached.len(), 1, "attached to the warm connection");
+    assert_eq!(Rig::spawns(&actions).len(), 1, "a new spare is dialled");
+    r.actions.extend(actions);
+    r.settle(&|_| Outcome::Up);
+    assert_eq!((r.pool.leased(), r.pool.healthy()), (1, 2));
+}
+
+#[test]
+fn clients_beyond_max_wait_then_are_refused_with_1013_after_lease_timeout() {
+    let mut r = rig("min = 1\nmax = 1\nspare = 0\nlease_timeout = \"2s\"");
+    r.settle(&|_| Outcome::Up);
+    let first = r.pool.lease(1, r.now);
+    assert_eq!(attaches(&first).len(), 1);
+    let second = r.pool.lease(2, r.now);
+    assert!(attaches(&second).is_empty());
+    assert!(Rig::spawns(&second).is_empty(), "the pool is at max");
+    assert_eq!(r.pool.waiting(), 1);
+    r.advance(ms(1_900));
+    assert!(!r.take().iter().any(|a| matches!(a, Action::Reject { .. })));
+    assert!(r.pool.next_wake().is_some_and(|t| t <= r.now + ms(100)));
+    r.advance(ms(100));
+    let rejected: Vec<_> = r
+        .take()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Reject { session, code, .. } => Some((session, code)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rejected, vec![(2, 1013)]);
+    assert_eq!(r.pool.waiting(), 0);
+}
+
+#[test]
+fn a_waiting_client_takes_the_next_connection_that_comes_up() {
+    let mut r = rig("min = 1\nmax = 4\nspare = 0");
+    r.settle(&|_| Outcome::Up);
+    r.pool.lease(1, r.now);
+    let actions = r.pool.lease(2, r.now);
+    let dials = Rig::spawns(&actions);
+    assert_eq!(dials.len(), 1, "grows for the waiting client");
+    assert!(attaches(&actions).is_empty());
+    r.connect(dials[0].0);
+    assert_eq!(attaches(&r.take()), vec![(dials[0].0, 2)]);
 }

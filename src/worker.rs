@@ -16,7 +16,7 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
 use crate::config::{Endpoint, PoolConfig};
-use crate::event::{Cause, Command, ConnId, Event};
+use crate::event::{Cause, Client, Command, ConnId, Event, ToWorker};
 use crate::upstream::{self, Stream};
 
 /// How long a closing handshake may take before the socket is simply dropped.
@@ -95,7 +95,7 @@ pub struct Worker {
     /// The pool's shared TLS configuration.
     pub tls: Arc<rustls::ClientConfig>,
     pub events: Sender<Event>,
-    pub commands: Receiver<Command>,
+    pub commands: Receiver<ToWorker>,
     pub shared: Arc<Shared>,
 }
 
@@ -157,6 +157,17 @@ struct Serve<'a> {
     pending_since: Option<Instant>,
     /// A closing handshake under way: its deadline and what to report when it ends.
     closing: Option<(Instant, Cause)>,
+    /// The local client this connection serves, if any.
+    client: Option<Bridge>,
+}
+
+/// A local client attached to this connection.
+struct Bridge {
+    client: Client,
+    /// The client socket may have bytes (poll said so, or it was just attached).
+    readable: bool,
+    /// Since when output to the client has been waiting for its socket to drain.
+    pending_since: Option<Instant>,
 }
 
 impl<'a> Serve<'a> {
@@ -175,6 +186,7 @@ impl<'a> Serve<'a> {
             seq: 0,
             pending_since: None,
             closing: None,
+            client: None,
         }
     }
 
@@ -186,7 +198,12 @@ impl<'a> Serve<'a> {
                 return Cause::Stuck;
             }
             if let Err(cause) = self.step(now) {
-                return self.finish(cause);
+                let cause = self.finish(cause);
+                if cause != Cause::Retired {
+                    let why = format!("upstream connection lost: {cause}");
+                    self.end_session(1011, &why);
+                }
+                return cause;
             }
             if let Err(e) = self.wait(now) {
                 return Cause::Io(format!("poll: {e}"));
@@ -205,19 +222,30 @@ impl<'a> Serve<'a> {
 
     /// One turn: commands, timers, reads, writes.
     fn step(&mut self, now: Instant) -> Result<(), Cause> {
-        while let Ok(command) = self.worker.commands.try_recv() {
-            match command {
-                Command::PingNow => {
+        while let Ok(message) = self.worker.commands.try_recv() {
+            match message {
+                ToWorker::Command(Command::PingNow) => {
                     self.next_ping = now;
                     self.report_pong = true;
                 }
-                Command::Close(code, reason) => self.close(code, &reason, Cause::Retired, now),
+                ToWorker::Command(Command::Close(code, reason)) => {
+                    self.end_session(code, &reason);
+                    self.close(code, &reason, Cause::Retired, now);
+                }
+                ToWorker::Attach(client) => {
+                    self.client = Some(Bridge {
+                        client: *client,
+                        readable: true,
+                        pending_since: None,
+                    });
+                }
             }
         }
         self.timers(now)?;
         if std::mem::take(&mut self.readable) {
             self.read(now)?;
         }
+        self.serve_client(now);
         self.flush(now)
     }
 
@@ -330,8 +358,8 @@ impl<'a> Serve<'a> {
                     self.closing = Some((now + CLOSE_WAIT, Cause::Closed(code, reason)));
                 }
             }
-            // Data frames are proof of life; forwarding them is the bridge's job.
-            Message::Text(_) | Message::Binary(_) | Message::Ping(_) | Message::Frame(_) => {}
+            Message::Text(_) | Message::Binary(_) => self.forward_to_client(message, now),
+            Message::Ping(_) | Message::Frame(_) => {}
         }
     }
 
@@ -368,7 +396,117 @@ impl<'a> Serve<'a> {
         if let Some(since) = self.pending_since {
             deadline = deadline.min(since + pool.write_timeout);
         }
+        if let Some(since) = self.client.as_ref().and_then(|b| b.pending_since) {
+            deadline = deadline.min(since + pool.write_timeout);
+        }
         deadline
+    }
+
+    /// Forward what the client sent, flush what it is owed, and end the session if it
+    /// left, broke the protocol or stopped reading.
+    fn serve_client(&mut self, now: Instant) {
+        let Some(bridge) = &mut self.client else {
+            return;
+        };
+        let mut forward = Vec::new();
+        let mut ended: Option<(u16, String)> = None;
+        if std::mem::take(&mut bridge.readable) {
+            loop {
+                match bridge.client.ws.read() {
+                    Ok(message @ (Message::Text(_) | Message::Binary(_))) => forward.push(message),
+                    // Pings are answered by tungstenite; pongs need nothing.
+                    Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                    Ok(Message::Close(frame)) => {
+                        let code = frame.map_or(1005, |f| u16::from(f.code));
+                        ended = Some((code, "the client closed the session".into()));
+                        break;
+                    }
+                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                        break;
+                    }
+                    Err(tungstenite::Error::Capacity(e)) => {
+                        ended = Some((1009, format!("message too big: {e}")));
+                        break;
+                    }
+                    Err(
+                        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
+                    ) => {
+                        ended = Some((1006, "the client went away".into()));
+                        break;
+                    }
+                    Err(e) => {
+                        ended = Some((1002, format!("client error: {e}")));
+                        break;
+                    }
+                }
+            }
+        }
+        match bridge.client.ws.flush() {
+            Ok(()) => bridge.pending_since = None,
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                bridge.pending_since.get_or_insert(now);
+            }
+            Err(_) if ended.is_none() => ended = Some((1006, "the client went away".into())),
+            Err(_) => {}
+        }
+        if ended.is_none()
+            && bridge
+                .pending_since
+                .is_some_and(|since| now >= since + self.worker.pool.write_timeout)
+        {
+            ended = Some((1008, "the client stopped reading".into()));
+        }
+        for message in forward {
+            // A stalled upstream surfaces as a write stall on the next turn.
+            let _ = self.write(message, now);
+        }
+        if let Some((code, why)) = ended {
+            self.end_session(code, &why);
+            // The upstream connection goes with its client (reuse comes later).
+            self.close(1000, "client left", Cause::Retired, now);
+        }
+    }
+
+    /// Deliver an upstream message to the client, if one is attached.
+    fn forward_to_client(&mut self, message: Message, now: Instant) {
+        let Some(bridge) = &mut self.client else {
+            return;
+        };
+        match bridge.client.ws.write(message) {
+            Ok(()) => {}
+            Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                bridge.pending_since.get_or_insert(now);
+            }
+            Err(tungstenite::Error::WriteBufferFull(_)) => {
+                self.end_session(1008, "the client stopped reading");
+                self.close(1000, "client left", Cause::Retired, now);
+            }
+            Err(_) => {
+                self.end_session(1006, "the client went away");
+                self.close(1000, "client left", Cause::Retired, now);
+            }
+        }
+    }
+
+    /// Close the client (if any) with `code` and tell the monitor the session ended.
+    fn end_session(&mut self, code: u16, why: &str) {
+        let Some(mut bridge) = self.client.take() else {
+            return;
+        };
+        if !matches!(code, 1005 | 1006) {
+            let frame = CloseFrame {
+                code: CloseCode::from(code),
+                reason: why.into(),
+            };
+            let _ = bridge.client.ws.close(Some(frame));
+        }
+        let _ = bridge.client.ws.flush();
+        let _ = self.worker.events.send(Event::SessionEnded {
+            id: self.worker.id,
+            session: bridge.client.session,
+            code,
+            why: why.to_string(),
+        });
     }
 
     /// Block until the socket or the wake descriptor is ready, or the next deadline.
@@ -378,6 +516,17 @@ impl<'a> Serve<'a> {
         if self.pending_since.is_some() {
             events |= libc::POLLOUT;
         }
+        let (client_fd, client_events) = match &self.client {
+            Some(bridge) => {
+                let mut events = libc::POLLIN;
+                if bridge.pending_since.is_some() {
+                    events |= libc::POLLOUT;
+                }
+                (bridge.client.ws.get_ref().as_raw_fd(), events)
+            }
+            // A negative descriptor is ignored by poll(2).
+            None => (-1, 0),
+        };
         let mut fds = [
             libc::pollfd {
                 fd: self.ws.get_ref().as_raw_fd(),
@@ -389,11 +538,19 @@ impl<'a> Serve<'a> {
                 events: libc::POLLIN,
                 revents: 0,
             },
+            libc::pollfd {
+                fd: client_fd,
+                events: client_events,
+                revents: 0,
+            },
         ];
         poll(&mut fds, timeout)?;
         // Every read drains the socket (and rustls) to WouldBlock, so a socket poll
         // does not report readable has nothing waiting. Errors and hangups read too.
         self.readable = fds[0].revents != 0;
+        if let Some(bridge) = &mut self.client {
+            bridge.readable = fds[2].revents != 0;
+        }
         if fds[1].revents != 0 {
             self.worker.shared.wake.drain();
         }

@@ -74,7 +74,7 @@ fn idle(n: usize, seconds: u64) {
         .read_line(&mut url)
         .unwrap();
     let text = format!(
-        "[daemon]\nmax_connections = {}\n[alerts]\nsyslog = false\n[pools.bench]\nendpoints = [\"{}\"]\nmin = {n}\nmax = {n}\nheartbeat_interval = \"1s\"\nheartbeat_timeout = \"2s\"\nconnect_timeout = \"10s\"\n",
+        "[daemon]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nmax_connections = {}\n[alerts]\nsyslog = false\n[pools.bench]\nendpoints = [\"{}\"]\nmin = {n}\nmax = {n}\nheartbeat_interval = \"1s\"\nheartbeat_timeout = \"2s\"\nconnect_timeout = \"10s\"\n",
         n + 16,
         url.trim()
     );

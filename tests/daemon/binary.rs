@@ -85,7 +85,7 @@ fn run_closes_every_connection_with_1001_and_exits_0_within_5s_of_sigterm() {
         let up = Upstream::start().unwrap();
         let dir = TempDir::new();
         let config = format!(
-            "[daemon]\nstate_dir = \"{}\"\n[alerts]\nsyslog = false\n[pools.p]\nendpoints = [\"{}\"]\nmin = 300\nmax = 300\n",
+            "[daemon]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n[alerts]\nsyslog = false\n[pools.p]\nendpoints = [\"{}\"]\nmin = 300\nmax = 300\n",
             dir.path().display(),
             up.url()
         );

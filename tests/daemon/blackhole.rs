@@ -76,7 +76,10 @@ fn kernel_blackhole_is_a_heartbeat_timeout_within_the_bound() {
             stdout.contains("1 passed"),
             "inner test did not run:\n{stdout}"
         );
-        for line in stdout.lines().filter(|l| l.starts_with("kernel blackhole:")) {
+        for line in stdout
+            .lines()
+            .filter(|l| l.starts_with("kernel blackhole:"))
+        {
             println!("{line}");
         }
     });

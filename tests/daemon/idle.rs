@@ -28,6 +28,8 @@ fn every_endpoint_down_keeps_the_daemon_near_idle_not_spinning() {
         &config,
         format!(
             r#"[daemon]
+listen = "127.0.0.1:0"
+admin = "127.0.0.1:0"
 state_dir = "{dir}"
 [alerts]
 syslog = false

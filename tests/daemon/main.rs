@@ -3,6 +3,7 @@
 
 mod binary;
 mod blackhole;
+mod bridge;
 mod failover;
 mod faults;
 mod idle;

@@ -88,8 +88,9 @@ pub fn config_with(endpoints: &[String], pool: &str, alerts: &str) -> Config {
     } else {
         "min = 2"
     };
-    let text =
-        format!("[alerts]\n{alerts}\n\n[pools.p]\nendpoints = [{list}]\n{FAST}\n{min}\n{pool}\n");
+    let text = format!(
+        "[daemon]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[alerts]\n{alerts}\n\n[pools.p]\nendpoints = [{list}]\n{FAST}\n{min}\n{pool}\n"
+    );
     Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 

@@ -66,6 +66,9 @@ mod default {
     pub const SPARE: usize = 1;
     pub const LEASE_TIMEOUT: Duration = Duration::from_secs(5);
     pub const MAX_MESSAGE_SIZE: usize = 16 << 20;
+    pub const HEAL_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const HEAL_BUFFER: usize = 1 << 20;
+    pub const DELIVERY: Delivery = Delivery::AtLeastOnce;
 }
 
 // ----------------------------------------------------------------------------------
@@ -173,6 +176,38 @@ pub struct PoolConfig {
     pub spare: usize,
     /// How long a client waits for a connection when the pool is at `max`. Default 5s.
     pub lease_timeout: Duration,
+    /// Client messages containing one of these (bytes, anywhere in the message) are
+    /// remembered per session and resent first on every new connection. Default none.
+    pub replay: Vec<String>,
+    /// A session whose connection died is closed with 1011 if it has not moved to a new
+    /// connection within this. Default 10s.
+    pub heal_timeout: Duration,
+    /// Bytes a session may hold for the upstream at once: what its client sent while it
+    /// heals, plus what the upstream has not yet acknowledged. Default 1MiB.
+    pub heal_buffer: usize,
+    /// Tell the client with a text message after each heal. Default false.
+    pub heal_notice: bool,
+    /// What happens to messages written to a connection that died before the upstream
+    /// acknowledged them. Default at-least-once.
+    pub delivery: Delivery,
+}
+
+/// The delivery guarantee for messages a client sends across a heal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    /// Resend what the dead connection did not confirm: duplicates possible, no gap.
+    AtLeastOnce,
+    /// Never resend: a gap possible, no duplicate.
+    AtMostOnce,
+}
+
+impl Delivery {
+    pub fn label(self) -> &'static str {
+        match self {
+            Delivery::AtLeastOnce => "at-least-once",
+            Delivery::AtMostOnce => "at-most-once",
+        }
+    }
 }
 
 /// The certificates of a `ca_file`.
@@ -568,6 +603,17 @@ fn validate_pool(
         client_token: raw.client_token.map(|t| t.0).filter(|t| !t.is_empty()),
         spare: raw.spare.map_or(default::SPARE, |n| n.get()),
         lease_timeout: raw.lease_timeout.map_or(default::LEASE_TIMEOUT, |d| d.0),
+        replay: raw
+            .replay
+            .unwrap_or_default()
+            .into_iter()
+            .map(|t| t.0)
+            .filter(|t| !t.is_empty())
+            .collect(),
+        heal_timeout: raw.heal_timeout.map_or(default::HEAL_TIMEOUT, |d| d.0),
+        heal_buffer: raw.heal_buffer.map_or(default::HEAL_BUFFER, |s| s.0),
+        heal_notice: raw.heal_notice.unwrap_or(false),
+        delivery: raw.delivery.map_or(default::DELIVERY, |d| d.0),
         name,
     };
     let spans = PoolSpans {
@@ -630,6 +676,11 @@ struct RawPool {
     client_token: Option<Text>,
     spare: Option<Count<0>>,
     lease_timeout: Option<Interval<false>>,
+    replay: Option<Vec<Text>>,
+    heal_timeout: Option<Interval<false>>,
+    heal_buffer: Option<Size<1024>>,
+    heal_notice: Option<bool>,
+    delivery: Option<DeliveryName>,
 }
 
 // ----------------------------------------------------------------------------------
@@ -791,6 +842,25 @@ impl<'de> Deserialize<'de> for FacilityName {
                     let detail = format!("expected one of {}", names.join(", "));
                     Err(keyed(format!("unknown syslog facility {s:?}"), detail))
                 }
+            },
+        )
+    }
+}
+
+struct DeliveryName(Delivery);
+
+impl<'de> Deserialize<'de> for DeliveryName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_value(
+            d,
+            "\"at-least-once\" or \"at-most-once\"",
+            |_, s| match s.as_str() {
+                "at-least-once" => Ok(DeliveryName(Delivery::AtLeastOnce)),
+                "at-most-once" => Ok(DeliveryName(Delivery::AtMostOnce)),
+                _ => Err(keyed(
+                    format!("unknown delivery {s:?}"),
+                    "expected \"at-least-once\" or \"at-most-once\"",
+                )),
             },
         )
     }

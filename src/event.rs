@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use tungstenite::WebSocket;
 
+use crate::session::Carry;
+
 /// Identifies one pooled connection (one worker thread) for the daemon's lifetime.
 pub type ConnId = u64;
 
@@ -114,7 +116,7 @@ impl fmt::Display for Cause {
 }
 
 /// What a worker reports to the monitor.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum Event {
     /// Connected, handshake done, `on_connect` sent: the connection is idle and usable.
     Connected {
@@ -144,6 +146,8 @@ pub enum Event {
         at: Instant,
         /// The last frame from the peer, if it was ever connected.
         last_life: Option<Instant>,
+        /// The client it served, handed back to be healed onto another connection.
+        client: Option<Box<Client>>,
     },
 }
 
@@ -179,6 +183,8 @@ pub struct Client {
     pub ws: WebSocket<TcpStream>,
     pub peer: SocketAddr,
     pub arrived: Instant,
+    /// What the session carries from one connection to the next.
+    pub carry: Carry,
 }
 
 impl fmt::Debug for Client {

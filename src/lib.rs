@@ -13,5 +13,7 @@ pub mod health;
 pub mod listener;
 pub mod monitor;
 pub mod pool;
+pub mod room;
+pub mod session;
 pub mod upstream;
 pub mod worker;

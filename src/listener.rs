@@ -261,6 +261,7 @@ fn handshake(shared: &Shared, stream: TcpStream) {
         ws,
         peer,
         arrived: Instant::now(),
+        carry: Default::default(),
     });
 }
 

@@ -19,8 +19,9 @@ use crate::event::{
     ToWorker,
 };
 use crate::pool::{Action, Pool};
+use crate::room::{Room, RoomCommand, RoomEvent};
 use crate::upstream;
-use crate::worker::{self, Shared, Worker};
+use crate::worker::{self, Shared, Wake, Worker};
 
 /// The longest the monitor sleeps without looking at its timers and workers.
 const TICK: Duration = Duration::from_millis(250);
@@ -32,8 +33,21 @@ pub const EVENT_QUEUE: usize = 65_536;
 struct Handle {
     pool: usize,
     commands: Sender<ToWorker>,
+    /// The monitor's own end of the worker's queue: what the worker never read (a
+    /// client sent just as it died) is taken back from here.
+    inbox: Receiver<ToWorker>,
     shared: Arc<Shared>,
     thread: JoinHandle<()>,
+}
+
+/// A session waiting on its own thread for a connection to heal onto.
+struct RoomHandle {
+    pool: usize,
+    commands: Sender<RoomCommand>,
+    wake: Arc<Wake>,
+    thread: JoinHandle<()>,
+    /// The connection the pool gave it, once released.
+    bound: Option<ConnId>,
 }
 
 /// One configured pool: its settings and its decision state.
@@ -56,7 +70,14 @@ pub struct Monitor {
     control: Receiver<Control>,
     /// Local clients from the listener, and those waiting for a connection.
     clients: Receiver<Client>,
+    /// Clients in hand without a connection: new ones waiting for a lease, and healing
+    /// sessions on their way to an idle connection or a room.
     waiting: HashMap<SessionId, Client>,
+    rooms: HashMap<SessionId, RoomHandle>,
+    room_events_tx: Sender<RoomEvent>,
+    room_events: Receiver<RoomEvent>,
+    /// Rooms that released their client, joined once finished.
+    closed_rooms: Vec<JoinHandle<()>>,
     alerts: Alerts,
     observer: Option<Sender<Observation>>,
     max_connections: usize,
@@ -95,6 +116,7 @@ impl Monitor {
             })
             .collect();
         let (events_tx, events) = crossbeam_channel::bounded(EVENT_QUEUE);
+        let (room_events_tx, room_events) = crossbeam_channel::unbounded();
         Monitor {
             pools,
             workers: HashMap::new(),
@@ -104,6 +126,10 @@ impl Monitor {
             control,
             clients,
             waiting: HashMap::new(),
+            rooms: HashMap::new(),
+            room_events_tx,
+            room_events,
+            closed_rooms: Vec::new(),
             alerts,
             observer,
             max_connections: config.daemon.max_connections,
@@ -132,6 +158,11 @@ impl Monitor {
                 recv(self.events) -> event => {
                     if let Ok(event) = event {
                         self.on_event(event, Instant::now());
+                    }
+                }
+                recv(self.room_events) -> event => {
+                    if let Ok(event) = event {
+                        self.on_room_event(event, Instant::now());
                     }
                 }
                 recv(self.clients) -> client => {
@@ -188,14 +219,152 @@ impl Monitor {
             return;
         };
         let index = handle.pool;
-        if let Event::Died { .. } = event
-            && let Some(handle) = self.workers.remove(&id)
-        {
+        let Event::Died {
+            id,
+            cause,
+            at,
+            last_life,
+            client,
+        } = event
+        else {
+            let actions = self.pools[index].state.on_event(&event, now);
+            return self.apply(index, actions);
+        };
+        let mut orphans = Vec::new();
+        if let Some(handle) = self.workers.remove(&id) {
             // Died is the worker's last act; the join is immediate.
             let _ = handle.thread.join();
+            orphans.extend(handle.inbox.try_iter().filter_map(|m| match m {
+                ToWorker::Attach(client) => Some(*client),
+                ToWorker::Command(_) => None,
+            }));
         }
-        let actions = self.pools[index].state.on_event(&event, now);
+        let healing = client.as_ref().map(|c| c.session);
+        if let Some(client) = client {
+            self.waiting.insert(client.session, *client);
+        }
+        let event = Event::Died {
+            id,
+            cause,
+            at,
+            last_life,
+            client: None,
+        };
+        let mut actions = self.pools[index].state.on_event(&event, now);
+        if let Some(session) = healing {
+            actions.extend(self.pools[index].state.heal(session, now));
+        }
         self.apply(index, actions);
+        if let Some(session) = healing {
+            self.park(index, session);
+        }
+        for client in orphans {
+            self.requeue(index, client, now);
+        }
+    }
+
+    /// A client that was on its way to a connection that died before taking it:
+    /// a healing session heals again, a new client waits for another lease.
+    fn requeue(&mut self, index: usize, client: Client, now: Instant) {
+        let session = client.session;
+        let heal = client.carry.healing.is_some();
+        self.waiting.insert(session, client);
+        let actions = if heal {
+            self.pools[index].state.heal(session, now)
+        } else {
+            self.pools[index].state.lease(session, now)
+        };
+        self.apply(index, actions);
+        if heal {
+            self.park(index, session);
+        }
+    }
+
+    /// A healing session still without a connection waits in a room of its own,
+    /// served, until one is ready.
+    fn park(&mut self, index: usize, session: SessionId) {
+        let Some(client) = self.waiting.remove(&session) else {
+            return;
+        };
+        let wake = match Wake::new() {
+            Ok(wake) => Arc::new(wake),
+            Err(e) => return self.room_failed(index, client, e),
+        };
+        let (commands, rx) = crossbeam_channel::unbounded();
+        let room = Room {
+            client: Box::new(client),
+            pool: self.pools[index].config.clone(),
+            commands: rx,
+            events: self.room_events_tx.clone(),
+            wake: wake.clone(),
+        };
+        match room.spawn() {
+            Ok(thread) => {
+                self.rooms.insert(
+                    session,
+                    RoomHandle {
+                        pool: index,
+                        commands,
+                        wake,
+                        thread,
+                        bound: None,
+                    },
+                );
+            }
+            Err(e) => {
+                // The room and its client were dropped with the failed spawn.
+                let text = format!(
+                    "session {session} lost: cannot start a thread to hold it while it heals: {e} (check TasksMax)"
+                );
+                self.notice(Notice::new(Severity::Critical, text).pool(self.pools[index].state.name()));
+                let actions = self.pools[index].state.forget(session, Instant::now());
+                self.apply(index, actions);
+            }
+        }
+    }
+
+    fn room_failed(&mut self, index: usize, client: Client, e: std::io::Error) {
+        let session = client.session;
+        let why = format!("cannot hold the session while it heals: {e}");
+        close_client(client, 1011, &why);
+        let text = format!("session {session} closed with 1011: {why}");
+        self.notice(Notice::new(Severity::Critical, text).pool(self.pools[index].state.name()));
+        let actions = self.pools[index].state.forget(session, Instant::now());
+        self.apply(index, actions);
+    }
+
+    fn on_room_event(&mut self, event: RoomEvent, now: Instant) {
+        match event {
+            RoomEvent::Released(client) => {
+                let session = client.session;
+                let Some(room) = self.rooms.remove(&session) else {
+                    return close_client(*client, 1011, "session lost while healing");
+                };
+                self.closed_rooms.push(room.thread);
+                match room.bound {
+                    Some(conn) if self.workers.contains_key(&conn) => {
+                        self.deliver(room.pool, conn, *client);
+                    }
+                    // The connection died between the promise and the release.
+                    _ => self.requeue(room.pool, *client, now),
+                }
+            }
+            RoomEvent::Ended { session, code, why } => {
+                let Some(room) = self.rooms.remove(&session) else {
+                    return;
+                };
+                self.closed_rooms.push(room.thread);
+                let text = format!("session {session} ended while healing ({code}): {why}");
+                let severity = if code == 1011 || code == 1008 {
+                    Severity::Warning
+                } else {
+                    Severity::Info
+                };
+                self.notice(Notice::new(severity, text).pool(self.pools[room.pool].state.name()));
+                let actions = self.pools[room.pool].state.forget(session, now);
+                self.apply(room.pool, actions);
+            }
+        }
     }
 
     fn tick(&mut self, now: Instant) {
@@ -205,6 +374,7 @@ impl Monitor {
             self.apply(index, actions);
         }
         self.abandoned.retain(|t| !t.is_finished());
+        self.closed_rooms.retain(|t| !t.is_finished());
     }
 
     /// A worker that stopped turning its loop cannot report itself: give up on it,
@@ -233,6 +403,7 @@ impl Monitor {
                 cause: Cause::Stuck,
                 at: now,
                 last_life: None,
+                client: None,
             };
             let actions = self.pools[handle.pool].state.on_event(&event, now);
             self.apply(handle.pool, actions);
@@ -253,6 +424,9 @@ impl Monitor {
                 } => {
                     if let Some(client) = self.waiting.remove(&session) {
                         close_client(client, code, &reason);
+                    } else if let Some(room) = self.rooms.get(&session) {
+                        let _ = room.commands.send(RoomCommand::Close(code, reason));
+                        room.wake.signal();
                     }
                 }
             }
@@ -293,7 +467,7 @@ impl Monitor {
             endpoint: entry.endpoints[endpoint].clone(),
             tls: entry.tls.clone(),
             events: self.events_tx.clone(),
-            commands: rx,
+            commands: rx.clone(),
             shared: shared.clone(),
         };
         match worker.spawn() {
@@ -303,6 +477,7 @@ impl Monitor {
                     Handle {
                         pool: index,
                         commands,
+                        inbox: rx,
                         shared,
                         thread,
                     },
@@ -332,44 +507,77 @@ impl Monitor {
         }
     }
 
-    /// Hand a waiting client to the worker of an idle connection.
+    /// The pool gave `session` the idle connection `conn`.
     fn attach(&mut self, index: usize, conn: ConnId, session: SessionId) {
-        let Some(client) = self.waiting.remove(&session) else {
-            return;
-        };
-        let Some(handle) = self.workers.get(&conn) else {
-            return close_client(
-                client,
-                1011,
-                "connection lost before the client was attached",
-            );
-        };
-        let waited = client.arrived.elapsed();
-        let peer = client.peer;
-        match handle.commands.send(ToWorker::Attach(Box::new(client))) {
-            Ok(()) => {
-                handle.shared.wake.signal();
-                let endpoint = self.pools[index]
-                    .state
-                    .endpoint_of(conn)
-                    .map(|e| self.pools[index].state.endpoint_url(e).to_string())
-                    .unwrap_or_default();
-                let text = format!(
-                    "session {session} from {peer} attached to connection {conn} after {}",
-                    crate::event::human(waited)
-                );
-                let notice = Notice::new(Severity::Info, text)
-                    .pool(self.pools[index].state.name())
-                    .endpoint(&endpoint);
-                self.notice(notice);
-            }
-            Err(crossbeam_channel::SendError(ToWorker::Attach(client))) => close_client(
-                *client,
-                1011,
-                "connection lost before the client was attached",
-            ),
-            Err(_) => {}
+        if let Some(client) = self.waiting.remove(&session) {
+            return self.deliver(index, conn, client);
         }
+        if let Some(room) = self.rooms.get_mut(&session) {
+            room.bound = Some(conn);
+            let _ = room.commands.send(RoomCommand::Release);
+            room.wake.signal();
+            return;
+        }
+        // The session ended on the way: the connection stays idle.
+        let actions = self.pools[index].state.forget(session, Instant::now());
+        self.apply(index, actions);
+    }
+
+    /// Hand a client to the worker of `conn`, and log the attach or the heal.
+    fn deliver(&mut self, index: usize, conn: ConnId, client: Client) {
+        let Some(handle) = self.workers.get(&conn) else {
+            return self.requeue(index, client, Instant::now());
+        };
+        let pool = &self.pools[index].state;
+        let endpoint = pool
+            .endpoint_of(conn)
+            .map(|e| pool.endpoint_url(e).to_string())
+            .unwrap_or_default();
+        let session = client.session;
+        let text = match &client.carry.healing {
+            None => format!(
+                "session {session} from {} attached to connection {conn} after {}",
+                client.peer,
+                crate::event::human(client.arrived.elapsed())
+            ),
+            Some(healing) => {
+                let owed = if healing.unconfirmed == 0 {
+                    "nothing unconfirmed".to_string()
+                } else if healing.resent {
+                    format!("{} unconfirmed message(s) resent", healing.unconfirmed)
+                } else {
+                    format!(
+                        "{} unconfirmed message(s) not resent (at-most-once)",
+                        healing.unconfirmed
+                    )
+                };
+                let mut text = format!(
+                    "session {session} healed onto connection {conn} in {} after connection {} died ({}); {owed}, {} buffered, {} replayed",
+                    crate::event::human(healing.since.elapsed()),
+                    healing.from,
+                    healing.cause,
+                    healing.buffered,
+                    client.carry.replay.len(),
+                );
+                if client.carry.replay_dropped > 0 {
+                    text.push_str(&format!(
+                        "; {} replay message(s) dropped, the list outgrew heal_buffer",
+                        client.carry.replay_dropped
+                    ));
+                }
+                text
+            }
+        };
+        let mut client = client;
+        client.carry.replay_dropped = 0;
+        // The monitor holds the worker's queue open (`inbox`), so this cannot fail; if
+        // the worker dies before reading it, its Died hands the client back.
+        let _ = handle.commands.send(ToWorker::Attach(Box::new(client)));
+        handle.shared.wake.signal();
+        let notice = Notice::new(Severity::Info, text)
+            .pool(self.pools[index].state.name())
+            .endpoint(&endpoint);
+        self.notice(notice);
     }
 
     fn notice(&self, notice: Notice) {
@@ -384,6 +592,13 @@ impl Monitor {
         let started = Instant::now();
         for (_, client) in self.waiting.drain() {
             close_client(client, 1001, "wspoold shutting down");
+        }
+        for (_, room) in self.rooms.drain() {
+            let _ = room
+                .commands
+                .send(RoomCommand::Close(1001, "wspoold shutting down".into()));
+            room.wake.signal();
+            self.closed_rooms.push(room.thread);
         }
         let total = self.workers.len();
         for index in 0..self.pools.len() {
@@ -407,6 +622,11 @@ impl Monitor {
             {
                 let _ = handle.thread.join();
             }
+        }
+        for room in self.closed_rooms.drain(..) {
+            // A room closes its client at once; only a client that stopped reading
+            // keeps it, and its write is non-blocking.
+            let _ = room.join();
         }
         let left_over = self.workers.len();
         let text = if left_over == 0 {

@@ -32,6 +32,16 @@ pub enum Action {
     },
 }
 
+/// A client waiting for a connection.
+#[derive(Debug, Clone, Copy)]
+struct Waiter {
+    session: SessionId,
+    /// When it is turned away.
+    deadline: Instant,
+    /// A session whose connection died, rather than a new client.
+    heal: bool,
+}
+
 /// How healthy the pool is, as last reported to the operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Condition {
@@ -72,8 +82,10 @@ pub struct Pool {
     max: usize,
     spare: usize,
     lease_timeout: Duration,
-    /// Clients waiting for a connection, oldest first, with their deadlines.
-    waiting: VecDeque<(SessionId, Instant)>,
+    heal_timeout: Duration,
+    /// Clients waiting for a connection: sessions healing first, then new clients,
+    /// each oldest first.
+    waiting: VecDeque<Waiter>,
     max_connecting: u32,
     grace: Duration,
     warmup: Duration,
@@ -117,6 +129,7 @@ impl Pool {
             max: cfg.max,
             spare: cfg.spare,
             lease_timeout: cfg.lease_timeout,
+            heal_timeout: cfg.heal_timeout,
             waiting: VecDeque::new(),
             max_connecting: cfg.max_connecting.min(u32::MAX as usize) as u32,
             grace,
@@ -224,7 +237,13 @@ impl Pool {
                 cause,
                 at,
                 last_life,
-            } => self.died(*id, cause, *at, *last_life, now, &mut actions),
+                client,
+            } => {
+                self.died(*id, cause, *at, *last_life, now, &mut actions);
+                if let Some(client) = client {
+                    self.wait_for_heal(client.session, now);
+                }
+            }
         }
         self.after_change(now, &mut actions);
         actions
@@ -244,7 +263,47 @@ impl Pool {
     /// pool grown, up to `max`) until one is idle or `lease_timeout` passes.
     pub fn lease(&mut self, session: SessionId, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
-        self.waiting.push_back((session, now + self.lease_timeout));
+        self.waiting.push_back(Waiter {
+            session,
+            deadline: now + self.lease_timeout,
+            heal: false,
+        });
+        self.after_change(now, &mut actions);
+        actions
+    }
+
+    /// A session lost its connection (or never reached the one it was given): it
+    /// moves to an idle connection now, or waits ahead of new clients, with the pool
+    /// grown for it, until `heal_timeout`.
+    pub fn heal(&mut self, session: SessionId, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.wait_for_heal(session, now);
+        self.after_change(now, &mut actions);
+        actions
+    }
+
+    fn wait_for_heal(&mut self, session: SessionId, now: Instant) {
+        let at = self.waiting.iter().take_while(|w| w.heal).count();
+        self.waiting.insert(
+            at,
+            Waiter {
+                session,
+                deadline: now + self.heal_timeout,
+                heal: true,
+            },
+        );
+    }
+
+    /// A session ended while it was not on a connection (it left while healing): stop
+    /// waiting for it, and free a connection promised to it.
+    pub fn forget(&mut self, session: SessionId, now: Instant) -> Vec<Action> {
+        self.waiting.retain(|w| w.session != session);
+        for conn in self.conns.values_mut() {
+            if conn.leased == Some(session) {
+                conn.leased = None;
+            }
+        }
+        let mut actions = Vec::new();
         self.after_change(now, &mut actions);
         actions
     }
@@ -281,28 +340,39 @@ impl Pool {
 
     /// Turn away clients whose wait is over; attach the others to idle connections.
     fn serve_waiting(&mut self, now: Instant, actions: &mut Vec<Action>) {
-        while let Some(&(session, deadline)) = self.waiting.front() {
-            if now < deadline {
-                break;
+        let mut expired = Vec::new();
+        self.waiting.retain(|w| {
+            let over = now >= w.deadline;
+            if over {
+                expired.push(*w);
             }
-            self.waiting.pop_front();
-            let reason = format!(
-                "no connection available within {}",
-                human(self.lease_timeout)
-            );
+            !over
+        });
+        for Waiter { session, heal, .. } in expired {
+            let (code, reason, text) = if heal {
+                let reason = format!(
+                    "session could not be healed within heal_timeout ({}): no healthy connection",
+                    human(self.heal_timeout)
+                );
+                let text = format!("session {session} closed with 1011: {reason}");
+                (1011, reason, text)
+            } else {
+                let reason = format!(
+                    "no connection available within {}",
+                    human(self.lease_timeout)
+                );
+                let text = format!(
+                    "session {session} refused with 1013: {reason} (pool at max {})",
+                    self.max
+                );
+                (1013, reason, text)
+            };
             actions.push(Action::Notice(
-                Notice::new(
-                    Severity::Warning,
-                    format!(
-                        "session {session} refused with 1013: {reason} (pool at max {})",
-                        self.max
-                    ),
-                )
-                .pool(&self.name),
+                Notice::new(Severity::Warning, text).pool(&self.name),
             ));
             actions.push(Action::Reject {
                 session,
-                code: 1013,
+                code,
                 reason,
             });
         }
@@ -310,7 +380,7 @@ impl Pool {
             let Some(conn) = self.idle_conn() else {
                 break;
             };
-            let (session, _) = self.waiting.pop_front().expect("not empty");
+            let Waiter { session, .. } = self.waiting.pop_front().expect("not empty");
             if let Some(c) = self.conns.get_mut(&conn) {
                 c.leased = Some(session);
             }
@@ -349,7 +419,7 @@ impl Pool {
             .filter(|_| self.warm && self.reported == Condition::Ok)
             .map(|since| since + self.grace);
         let warmup = (!self.warm).then_some(self.started + self.warmup);
-        let lease = self.waiting.front().map(|(_, deadline)| *deadline);
+        let lease = self.waiting.iter().map(|w| w.deadline).min();
         attempts.chain(grace).chain(warmup).chain(lease).min()
     }
 

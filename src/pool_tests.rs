@@ -100,6 +100,7 @@ impl Rig {
             cause,
             at: self.now,
             last_life: None,
+            client: None,
         });
     }
 

@@ -3,6 +3,7 @@
 //! life — blocking in `poll(2)` on the socket and a wake descriptor with the next
 //! deadline as the timeout. When the connection ends it reports why and exits.
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -15,8 +16,9 @@ use tungstenite::protocol::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::{Message, WebSocket};
 
-use crate::config::{Endpoint, PoolConfig};
+use crate::config::{Delivery, Endpoint, PoolConfig};
 use crate::event::{Cause, Client, Command, ConnId, Event, ToWorker};
+use crate::session::Healing;
 use crate::upstream::{self, Stream};
 
 /// How long a closing handshake may take before the socket is simply dropped.
@@ -52,13 +54,13 @@ impl Wake {
         unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 
-    fn drain(&self) {
+    pub(crate) fn drain(&self) {
         let mut count: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64 from our own non-blocking descriptor.
         unsafe { libc::read(self.0.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
     }
 
-    fn fd(&self) -> RawFd {
+    pub(crate) fn fd(&self) -> RawFd {
         self.0.as_raw_fd()
     }
 }
@@ -112,9 +114,9 @@ impl Worker {
         let started = Instant::now();
         self.shared.touch(started);
         let touch = || self.shared.touch(Instant::now());
-        let (cause, last_life) =
+        let (cause, last_life, client) =
             match upstream::connect(&self.endpoint, &self.pool, &self.tls, &touch) {
-                Err(cause) => (cause, None),
+                Err(cause) => (cause, None, None),
                 Ok(conn) => {
                     let _ = self.events.send(Event::Connected {
                         id: self.id,
@@ -122,11 +124,14 @@ impl Worker {
                         took: started.elapsed(),
                     });
                     let mut serve = Serve::new(&self, conn.ws);
-                    let cause = serve.run();
-                    (cause, Some(serve.last_life))
+                    let (cause, client) = serve.run();
+                    (cause, Some(serve.last_life), client)
                 }
             };
         if self.shared.abandoned.load(Ordering::Relaxed) {
+            if let Some(client) = client {
+                crate::monitor::close_client(*client, 1011, "wspoold gave up on a stuck connection");
+            }
             return;
         }
         let _ = self.events.send(Event::Died {
@@ -134,6 +139,7 @@ impl Worker {
             cause,
             at: Instant::now(),
             last_life,
+            client,
         });
     }
 }
@@ -168,6 +174,35 @@ struct Bridge {
     readable: bool,
     /// Since when output to the client has been waiting for its socket to drain.
     pending_since: Option<Instant>,
+    /// Client messages written upstream and not yet acknowledged, oldest first, each
+    /// with the heartbeat sequence number whose pong confirms it. Under at-most-once
+    /// only the count is kept (`None`).
+    unconfirmed: VecDeque<(u64, Option<Message>)>,
+    unconfirmed_bytes: usize,
+}
+
+impl Bridge {
+    fn new(client: Client) -> Bridge {
+        Bridge {
+            client,
+            readable: true,
+            pending_since: None,
+            unconfirmed: VecDeque::new(),
+            unconfirmed_bytes: 0,
+        }
+    }
+
+    /// A pong for heartbeat `seq` arrived: everything written before that ping was read.
+    fn confirm(&mut self, seq: u64) {
+        while let Some((tag, _)) = self.unconfirmed.front() {
+            if *tag > seq {
+                break;
+            }
+            if let Some((_, Some(message))) = self.unconfirmed.pop_front() {
+                self.unconfirmed_bytes -= message.len();
+            }
+        }
+    }
 }
 
 impl<'a> Serve<'a> {
@@ -190,25 +225,47 @@ impl<'a> Serve<'a> {
         }
     }
 
-    fn run(&mut self) -> Cause {
+    /// Serve until the connection ends; its cause, and the client to heal if one was
+    /// attached.
+    fn run(&mut self) -> (Cause, Option<Box<Client>>) {
         loop {
             let now = Instant::now();
             self.worker.shared.touch(now);
             if self.worker.shared.abandoned.load(Ordering::Relaxed) {
-                return Cause::Stuck;
+                return (Cause::Stuck, self.hand_back(&Cause::Stuck, now));
             }
-            if let Err(cause) = self.step(now) {
-                let cause = self.finish(cause);
-                if cause != Cause::Retired {
-                    let why = format!("upstream connection lost: {cause}");
-                    self.end_session(1011, &why);
-                }
-                return cause;
-            }
-            if let Err(e) = self.wait(now) {
-                return Cause::Io(format!("poll: {e}"));
-            }
+            let cause = match self.step(now) {
+                Ok(()) => match self.wait(now) {
+                    Ok(()) => continue,
+                    Err(e) => Cause::Io(format!("poll: {e}")),
+                },
+                Err(cause) => self.finish(cause),
+            };
+            let client = self.hand_back(&cause, now);
+            return (cause, client);
         }
+    }
+
+    /// The connection died under a client: give the session back for healing, with
+    /// what the upstream never acknowledged owed first (at-least-once) or given up.
+    fn hand_back(&mut self, cause: &Cause, now: Instant) -> Option<Box<Client>> {
+        let mut bridge = self.client.take()?;
+        let pool = &self.worker.pool;
+        let unconfirmed = bridge.unconfirmed.len();
+        let resent = pool.delivery == Delivery::AtLeastOnce;
+        if resent {
+            let owed: Vec<Message> = bridge.unconfirmed.drain(..).filter_map(|(_, m)| m).collect();
+            bridge.client.carry.owe_first(owed.into_iter());
+        }
+        bridge.client.carry.healing = Some(Healing {
+            since: now,
+            cause: cause.clone(),
+            from: self.worker.id,
+            unconfirmed,
+            resent,
+            buffered: 0,
+        });
+        Some(Box::new(bridge.client))
     }
 
     /// A retirement we asked for ends as `Retired`, whatever the socket said on the way.
@@ -232,13 +289,7 @@ impl<'a> Serve<'a> {
                     self.end_session(code, &reason);
                     self.close(code, &reason, Cause::Retired, now);
                 }
-                ToWorker::Attach(client) => {
-                    self.client = Some(Bridge {
-                        client: *client,
-                        readable: true,
-                        pending_since: None,
-                    });
-                }
+                ToWorker::Attach(client) => self.attach(*client, now)?,
             }
         }
         self.timers(now)?;
@@ -246,7 +297,64 @@ impl<'a> Serve<'a> {
             self.read(now)?;
         }
         self.serve_client(now);
+        self.ack(now)?;
         self.flush(now)
+    }
+
+    /// Take on a client. A healed session first gets what it is owed written upstream:
+    /// its replay list, then what the dead connection did not confirm, then what it
+    /// sent while healing.
+    fn attach(&mut self, mut client: Client, now: Instant) -> Result<(), Cause> {
+        let pool = &self.worker.pool;
+        let resend = client.carry.take_resend();
+        let healing = client.carry.healing.take();
+        if let Some(healing) = &healing {
+            client.carry.heals += 1;
+            if pool.heal_notice {
+                let notice = heal_notice(&client, healing, resend.len(), now);
+                // Errors surface on the client's next flush.
+                let _ = client.ws.write(Message::text(notice));
+            }
+        }
+        let mut bridge = Bridge::new(client);
+        let tag = self.seq + 1;
+        let keep = pool.delivery == Delivery::AtLeastOnce;
+        for message in &resend {
+            if keep {
+                bridge.unconfirmed_bytes += message.len();
+            }
+            bridge
+                .unconfirmed
+                .push_back((tag, keep.then(|| message.clone())));
+        }
+        self.client = Some(bridge);
+        for message in resend {
+            self.write(message, now)?;
+        }
+        Ok(())
+    }
+
+    /// Ask the upstream to acknowledge what the client sent: a ping as soon as there
+    /// is unconfirmed traffic and no ping in flight, so what a death can leave in
+    /// doubt stays around one round trip.
+    fn ack(&mut self, now: Instant) -> Result<(), Cause> {
+        let owed = self
+            .client
+            .as_ref()
+            .and_then(|b| b.unconfirmed.back())
+            .is_some_and(|(tag, _)| *tag > self.seq);
+        if owed && self.ping.is_none() && self.closing.is_none() {
+            self.send_ping(now)?;
+        }
+        Ok(())
+    }
+
+    fn send_ping(&mut self, now: Instant) -> Result<(), Cause> {
+        self.seq += 1;
+        let payload = self.seq.to_be_bytes().to_vec();
+        self.ping = Some((self.seq, now));
+        self.next_ping = now + self.worker.pool.heartbeat_interval;
+        self.write(Message::Ping(payload.into()), now)
     }
 
     fn timers(&mut self, now: Instant) -> Result<(), Cause> {
@@ -276,11 +384,7 @@ impl<'a> Serve<'a> {
             return Err(Cause::WriteStall);
         }
         if now >= self.next_ping {
-            self.seq += 1;
-            let payload = self.seq.to_be_bytes().to_vec();
-            self.ping = Some((self.seq, now));
-            self.next_ping = now + pool.heartbeat_interval;
-            self.write(Message::Ping(payload.into()), now)?;
+            self.send_ping(now)?;
         }
         Ok(())
     }
@@ -336,6 +440,16 @@ impl<'a> Serve<'a> {
     fn on_message(&mut self, message: Message, now: Instant) {
         match message {
             Message::Pong(payload) => {
+                // Any of our pongs acknowledges what was written before its ping, even
+                // one overtaken by a later heartbeat.
+                if let Ok(bytes) = <[u8; 8]>::try_from(payload.as_ref())
+                    && let Some(bridge) = &mut self.client
+                {
+                    let seq = u64::from_be_bytes(bytes);
+                    if seq <= self.seq {
+                        bridge.confirm(seq);
+                    }
+                }
                 if let Some((seq, sent)) = self.ping
                     && payload.as_ref() == seq.to_be_bytes()
                 {
@@ -410,7 +524,11 @@ impl<'a> Serve<'a> {
         };
         let mut forward = Vec::new();
         let mut ended: Option<(u16, String)> = None;
-        if std::mem::take(&mut bridge.readable) {
+        // Backpressure: while the upstream is not draining, or too much awaits its
+        // acknowledgement, leave the client's bytes in its socket.
+        let accepting = self.pending_since.is_none()
+            && bridge.unconfirmed_bytes < self.worker.pool.heal_buffer;
+        if accepting && std::mem::take(&mut bridge.readable) {
             loop {
                 match bridge.client.ws.read() {
                     Ok(message @ (Message::Text(_) | Message::Binary(_))) => forward.push(message),
@@ -455,6 +573,21 @@ impl<'a> Serve<'a> {
                 .is_some_and(|since| now >= since + self.worker.pool.write_timeout)
         {
             ended = Some((1008, "the client stopped reading".into()));
+        }
+        let pool = &self.worker.pool;
+        let keep = pool.delivery == Delivery::AtLeastOnce;
+        let tag = self.seq + 1;
+        for message in &forward {
+            bridge
+                .client
+                .carry
+                .remember(&pool.replay, message, pool.heal_buffer);
+            if keep {
+                bridge.unconfirmed_bytes += message.len();
+            }
+            bridge
+                .unconfirmed
+                .push_back((tag, keep.then(|| message.clone())));
         }
         for message in forward {
             // A stalled upstream surfaces as a write stall on the next turn.
@@ -516,13 +649,23 @@ impl<'a> Serve<'a> {
         if self.pending_since.is_some() {
             events |= libc::POLLOUT;
         }
+        let accepting = self.pending_since.is_none();
         let (client_fd, client_events) = match &self.client {
             Some(bridge) => {
-                let mut events = libc::POLLIN;
+                let mut events = 0;
+                if accepting && bridge.unconfirmed_bytes < self.worker.pool.heal_buffer {
+                    events |= libc::POLLIN;
+                }
                 if bridge.pending_since.is_some() {
                     events |= libc::POLLOUT;
                 }
-                (bridge.client.ws.get_ref().as_raw_fd(), events)
+                // Watching a descriptor for nothing would still report its hangup
+                // and spin this loop; it is looked at again once reading resumes.
+                if events == 0 {
+                    (-1, 0)
+                } else {
+                    (bridge.client.ws.get_ref().as_raw_fd(), events)
+                }
             }
             // A negative descriptor is ignored by poll(2).
             None => (-1, 0),
@@ -549,7 +692,7 @@ impl<'a> Serve<'a> {
         // does not report readable has nothing waiting. Errors and hangups read too.
         self.readable = fds[0].revents != 0;
         if let Some(bridge) = &mut self.client {
-            bridge.readable = fds[2].revents != 0;
+            bridge.readable |= fds[2].revents != 0;
         }
         if fds[1].revents != 0 {
             self.worker.shared.wake.drain();
@@ -586,4 +729,19 @@ fn classify(e: tungstenite::Error) -> Cause {
         tungstenite::Error::WriteBufferFull(_) => Cause::WriteStall,
         other => Cause::Protocol(other.to_string()),
     }
+}
+
+/// The text a client gets after its session healed (with `heal_notice`), so it can
+/// resync what the upstream may have sent while the old connection was dying.
+fn heal_notice(client: &Client, healing: &Healing, resent: usize, now: Instant) -> String {
+    format!(
+        r#"{{"wspoold":"healed","session":{},"heal":{},"cause":"{}","healed_ms":{:.3},"unconfirmed":{},"delivery":"{}","resent":{}}}"#,
+        client.session,
+        client.carry.heals,
+        healing.cause.label(),
+        now.saturating_duration_since(healing.since).as_secs_f64() * 1000.0,
+        healing.unconfirmed,
+        if healing.resent { "at-least-once" } else { "at-most-once" },
+        resent,
+    )
 }

@@ -851,18 +851,16 @@ struct DeliveryName(Delivery);
 
 impl<'de> Deserialize<'de> for DeliveryName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        string_value(
-            d,
-            "\"at-least-once\" or \"at-most-once\"",
-            |_, s| match s.as_str() {
+        string_value(d, "\"at-least-once\" or \"at-most-once\"", |_, s| {
+            match s.as_str() {
                 "at-least-once" => Ok(DeliveryName(Delivery::AtLeastOnce)),
                 "at-most-once" => Ok(DeliveryName(Delivery::AtMostOnce)),
                 _ => Err(keyed(
                     format!("unknown delivery {s:?}"),
                     "expected \"at-least-once\" or \"at-most-once\"",
                 )),
-            },
-        )
+            }
+        })
     }
 }
 

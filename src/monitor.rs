@@ -316,7 +316,9 @@ impl Monitor {
                 let text = format!(
                     "session {session} lost: cannot start a thread to hold it while it heals: {e} (check TasksMax)"
                 );
-                self.notice(Notice::new(Severity::Critical, text).pool(self.pools[index].state.name()));
+                self.notice(
+                    Notice::new(Severity::Critical, text).pool(self.pools[index].state.name()),
+                );
                 let actions = self.pools[index].state.forget(session, Instant::now());
                 self.apply(index, actions);
             }

@@ -566,3 +566,49 @@ fn a_waiting_client_takes_the_next_connection_that_comes_up() {
     r.connect(dials[0].0);
     assert_eq!(attaches(&r.take()), vec![(dials[0].0, 2)]);
 }
+
+#[test]
+fn a_healing_session_goes_ahead_of_new_clients_and_gets_1011_after_heal_timeout() {
+    let mut r = rig("min = 1\nmax = 1\nspare = 0\nheal_timeout = \"3s\"\nlease_timeout = \"10s\"");
+    r.settle(&|_| Outcome::Up);
+    r.pool.lease(1, r.now);
+    r.pool.lease(2, r.now);
+    assert_eq!(r.pool.waiting(), 1, "client 2 waits: the pool is at max");
+    // Client 1's connection dies and the session heals: it is served before client 2.
+    let conn = r.pool.conn_ids().next().unwrap();
+    r.die(conn, Cause::Reset);
+    let heal = r.pool.heal(1, r.now);
+    r.actions.extend(heal);
+    let dials = Rig::spawns(&r.take());
+    assert_eq!(dials.len(), 1, "one replacement (max 1)");
+    assert_eq!(r.pool.waiting(), 2);
+    r.connect(dials[0].0);
+    assert_eq!(attaches(&r.take()), vec![(dials[0].0, 1)]);
+    // The same again, but the endpoint is gone: 1011 once heal_timeout passes.
+    r.die(dials[0].0, Cause::Reset);
+    r.actions.extend(r.pool.heal(1, r.now));
+    r.take();
+    r.advance(ms(3_000));
+    let rejected: Vec<_> = r
+        .take()
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Reject { session, code, .. } => Some((session, code)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rejected, vec![(1, 1011)], "client 2 still has time");
+    assert_eq!(r.pool.waiting(), 1);
+}
+
+#[test]
+fn forgetting_a_session_frees_the_connection_promised_to_it() {
+    let mut r = rig("min = 1\nmax = 1\nspare = 0");
+    r.settle(&|_| Outcome::Up);
+    let attached = attaches(&r.pool.heal(5, r.now));
+    assert_eq!(attached.len(), 1);
+    assert_eq!(r.pool.leased(), 1);
+    r.pool.forget(5, r.now);
+    assert_eq!(r.pool.leased(), 0);
+    assert_eq!(attaches(&r.pool.lease(6, r.now)), vec![(attached[0].0, 6)]);
+}

@@ -130,7 +130,11 @@ impl Worker {
             };
         if self.shared.abandoned.load(Ordering::Relaxed) {
             if let Some(client) = client {
-                crate::monitor::close_client(*client, 1011, "wspoold gave up on a stuck connection");
+                crate::monitor::close_client(
+                    *client,
+                    1011,
+                    "wspoold gave up on a stuck connection",
+                );
             }
             return;
         }
@@ -254,7 +258,11 @@ impl<'a> Serve<'a> {
         let unconfirmed = bridge.unconfirmed.len();
         let resent = pool.delivery == Delivery::AtLeastOnce;
         if resent {
-            let owed: Vec<Message> = bridge.unconfirmed.drain(..).filter_map(|(_, m)| m).collect();
+            let owed: Vec<Message> = bridge
+                .unconfirmed
+                .drain(..)
+                .filter_map(|(_, m)| m)
+                .collect();
             bridge.client.carry.owe_first(owed.into_iter());
         }
         bridge.client.carry.healing = Some(Healing {
@@ -526,8 +534,8 @@ impl<'a> Serve<'a> {
         let mut ended: Option<(u16, String)> = None;
         // Backpressure: while the upstream is not draining, or too much awaits its
         // acknowledgement, leave the client's bytes in its socket.
-        let accepting = self.pending_since.is_none()
-            && bridge.unconfirmed_bytes < self.worker.pool.heal_buffer;
+        let accepting =
+            self.pending_since.is_none() && bridge.unconfirmed_bytes < self.worker.pool.heal_buffer;
         if accepting && std::mem::take(&mut bridge.readable) {
             loop {
                 match bridge.client.ws.read() {
@@ -741,7 +749,11 @@ fn heal_notice(client: &Client, healing: &Healing, resent: usize, now: Instant) 
         healing.cause.label(),
         now.saturating_duration_since(healing.since).as_secs_f64() * 1000.0,
         healing.unconfirmed,
-        if healing.resent { "at-least-once" } else { "at-most-once" },
+        if healing.resent {
+            "at-least-once"
+        } else {
+            "at-most-once"
+        },
         resent,
     )
 }

@@ -14,7 +14,7 @@ use crate::util::{config, start, wait_until, watchdog};
 const SOON: Duration = Duration::from_secs(5);
 
 /// Open a WebSocket to the daemon's bridge at `path`, with an optional bearer token.
-fn dial(
+pub fn dial(
     addr: SocketAddr,
     path: &str,
     token: Option<&str>,
@@ -36,7 +36,7 @@ fn dial(
 }
 
 /// The next data message (pings and pongs skipped).
-fn next_data(ws: &mut WebSocket<TcpStream>) -> Message {
+pub fn next_data(ws: &mut WebSocket<TcpStream>) -> Message {
     loop {
         let message = ws.read().expect("a message");
         if matches!(
@@ -48,7 +48,7 @@ fn next_data(ws: &mut WebSocket<TcpStream>) -> Message {
     }
 }
 
-fn close_code(ws: &mut WebSocket<TcpStream>) -> u16 {
+pub fn close_code(ws: &mut WebSocket<TcpStream>) -> u16 {
     loop {
         match ws.read() {
             Ok(Message::Close(Some(frame))) => return u16::from(frame.code),

@@ -6,6 +6,7 @@ mod blackhole;
 mod bridge;
 mod failover;
 mod faults;
+mod heal;
 mod idle;
 mod syslog;
 mod util;

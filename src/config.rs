@@ -69,6 +69,7 @@ mod default {
     pub const HEAL_TIMEOUT: Duration = Duration::from_secs(10);
     pub const HEAL_BUFFER: usize = 1 << 20;
     pub const DELIVERY: Delivery = Delivery::AtLeastOnce;
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 }
 
 // ----------------------------------------------------------------------------------
@@ -190,6 +191,12 @@ pub struct PoolConfig {
     /// What happens to messages written to a connection that died before the upstream
     /// acknowledged them. Default at-least-once.
     pub delivery: Delivery,
+    /// When a client leaves, keep its upstream connection for the next client instead
+    /// of closing it. Default false.
+    pub reuse: bool,
+    /// Connections above what the load needs are closed once the load has stayed below
+    /// its peak this long. Default 60s.
+    pub idle_timeout: Duration,
 }
 
 /// The delivery guarantee for messages a client sends across a heal.
@@ -614,6 +621,8 @@ fn validate_pool(
         heal_buffer: raw.heal_buffer.map_or(default::HEAL_BUFFER, |s| s.0),
         heal_notice: raw.heal_notice.unwrap_or(false),
         delivery: raw.delivery.map_or(default::DELIVERY, |d| d.0),
+        reuse: raw.reuse.unwrap_or(false),
+        idle_timeout: raw.idle_timeout.map_or(default::IDLE_TIMEOUT, |d| d.0),
         name,
     };
     let spans = PoolSpans {
@@ -681,6 +690,8 @@ struct RawPool {
     heal_buffer: Option<Size<1024>>,
     heal_notice: Option<bool>,
     delivery: Option<DeliveryName>,
+    reuse: Option<bool>,
+    idle_timeout: Option<Interval<false>>,
 }
 
 // ----------------------------------------------------------------------------------

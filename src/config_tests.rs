@@ -840,7 +840,7 @@ fn key_names_come_from_the_raw_structs() {
             "{key} missing from {keys:?}"
         );
     }
-    assert_eq!(keys.len(), 4 + 4 + 26, "{keys:?}");
+    assert_eq!(keys.len(), 4 + 4 + 28, "{keys:?}");
     assert_eq!(
         keys.iter().collect::<HashSet<_>>().len(),
         keys.len(),

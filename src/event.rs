@@ -137,6 +137,8 @@ pub enum Event {
         session: SessionId,
         code: u16,
         why: String,
+        /// The connection stays open for the next client (`reuse`).
+        kept: bool,
     },
     /// The connection is gone (or never came up); the worker exits after sending this.
     Died {

@@ -83,6 +83,11 @@ pub struct Pool {
     spare: usize,
     lease_timeout: Duration,
     heal_timeout: Duration,
+    idle_timeout: Duration,
+    /// The highest recent demand (leased + waiting + spare) and until when it holds:
+    /// the pool shrinks only after demand stayed below it for `idle_timeout`.
+    peak: usize,
+    peak_until: Instant,
     /// Clients waiting for a connection: sessions healing first, then new clients,
     /// each oldest first.
     waiting: VecDeque<Waiter>,
@@ -130,6 +135,9 @@ impl Pool {
             spare: cfg.spare,
             lease_timeout: cfg.lease_timeout,
             heal_timeout: cfg.heal_timeout,
+            idle_timeout: cfg.idle_timeout,
+            peak: 0,
+            peak_until: now,
             waiting: VecDeque::new(),
             max_connecting: cfg.max_connecting.min(u32::MAX as usize) as u32,
             grace,
@@ -220,14 +228,21 @@ impl Pool {
                 session,
                 code,
                 why,
+                kept,
             } => {
                 if let Some(conn) = self.conns.get_mut(id) {
                     conn.leased = None;
+                    conn.retiring |= !kept;
                 }
+                let then = if *kept {
+                    "; its connection is kept for the next client"
+                } else {
+                    ""
+                };
                 actions.push(Action::Notice(
                     Notice::new(
                         Severity::Info,
-                        format!("session {session} ended ({code}): {why}"),
+                        format!("session {session} ended ({code}): {why}{then}"),
                     )
                     .pool(&self.name),
                 ));
@@ -321,8 +336,32 @@ impl Pool {
     /// How many connections the pool wants now: `min`, or every leased and waiting
     /// client plus `spare` idle ones, at most `max`.
     fn target(&self) -> usize {
-        let demand = self.leased() + self.waiting.len() + self.spare;
+        let demand = self.demand().max(self.peak);
         self.min.max(demand.min(self.max))
+    }
+
+    fn demand(&self) -> usize {
+        self.leased() + self.waiting.len() + self.spare
+    }
+
+    /// Hold the peak of demand for `idle_timeout` after it was last reached.
+    fn track_peak(&mut self, now: Instant, actions: &mut Vec<Action>) {
+        let demand = self.demand();
+        if demand >= self.peak || now >= self.peak_until {
+            if demand < self.peak {
+                let text = format!(
+                    "load fell from {} to {demand} connection(s) {} ago: closing idle connections above {}",
+                    self.peak.min(self.max),
+                    human(self.idle_timeout),
+                    self.min.max(demand.min(self.max))
+                );
+                actions.push(Action::Notice(
+                    Notice::new(Severity::Info, text).pool(&self.name),
+                ));
+            }
+            self.peak = demand;
+            self.peak_until = now + self.idle_timeout;
+        }
     }
 
     /// An idle connection for a client: connected, free, on an endpoint in rotation
@@ -420,7 +459,13 @@ impl Pool {
             .map(|since| since + self.grace);
         let warmup = (!self.warm).then_some(self.started + self.warmup);
         let lease = self.waiting.iter().map(|w| w.deadline).min();
-        attempts.chain(grace).chain(warmup).chain(lease).min()
+        let shrink = (self.peak > self.demand()).then_some(self.peak_until);
+        attempts
+            .chain(grace)
+            .chain(warmup)
+            .chain(lease)
+            .chain(shrink)
+            .min()
     }
 
     fn connected(&mut self, id: ConnId, now: Instant) {
@@ -736,6 +781,7 @@ impl Pool {
 
     fn after_change(&mut self, now: Instant, actions: &mut Vec<Action>) {
         self.serve_waiting(now, actions);
+        self.track_peak(now, actions);
         self.fill(now, actions);
         self.trim(actions);
         self.assess(now, actions);

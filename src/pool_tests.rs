@@ -612,3 +612,44 @@ fn forgetting_a_session_frees_the_connection_promised_to_it() {
     assert_eq!(r.pool.leased(), 0);
     assert_eq!(attaches(&r.pool.lease(6, r.now)), vec![(attached[0].0, 6)]);
 }
+
+#[test]
+fn the_pool_shrinks_to_min_only_after_load_stayed_low_for_idle_timeout() {
+    let mut r = rig("min = 1\nmax = 8\nspare = 1\nidle_timeout = \"10s\"\nreuse = true");
+    r.settle(&|_| Outcome::Up);
+    for session in 1..=3 {
+        let actions = r.pool.lease(session, r.now);
+        r.actions.extend(actions);
+        r.settle(&|_| Outcome::Up);
+    }
+    assert_eq!(r.pool.healthy(), 4, "three leased and a spare");
+    // The clients leave; their connections are kept (reuse) and stay for a while.
+    let leased: Vec<ConnId> = r.pool.conn_ids().collect();
+    for (i, id) in leased.iter().enumerate().take(3) {
+        r.event(Event::SessionEnded {
+            id: *id,
+            session: i as u64 + 1,
+            code: 1000,
+            why: "bye".into(),
+            kept: true,
+        });
+    }
+    r.advance(ms(9_000));
+    assert!(
+        !r.take()
+            .iter()
+            .any(|a| matches!(a, Action::Command(_, Command::Close(..)))),
+        "nothing closed before idle_timeout"
+    );
+    assert!(r.pool.next_wake().is_some_and(|t| t <= r.now + ms(1_000)));
+    r.advance(ms(1_000));
+    // Trimmed one at a time as each closes, down to min plus the spare.
+    let seen = r.settle(&|_| Outcome::Up);
+    let text = Rig::notices(&seen)
+        .into_iter()
+        .map(|n| n.text)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(text.contains("load fell from 4 to 1"), "{text}");
+    assert_eq!(r.pool.healthy(), 1);
+}

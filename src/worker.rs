@@ -294,7 +294,7 @@ impl<'a> Serve<'a> {
                     self.report_pong = true;
                 }
                 ToWorker::Command(Command::Close(code, reason)) => {
-                    self.end_session(code, &reason);
+                    self.end_session(code, &reason, false);
                     self.close(code, &reason, Cause::Retired, now);
                 }
                 ToWorker::Attach(client) => self.attach(*client, now)?,
@@ -602,9 +602,7 @@ impl<'a> Serve<'a> {
             let _ = self.write(message, now);
         }
         if let Some((code, why)) = ended {
-            self.end_session(code, &why);
-            // The upstream connection goes with its client (reuse comes later).
-            self.close(1000, "client left", Cause::Retired, now);
+            self.leave(code, &why, now);
         }
     }
 
@@ -619,18 +617,24 @@ impl<'a> Serve<'a> {
                 bridge.pending_since.get_or_insert(now);
             }
             Err(tungstenite::Error::WriteBufferFull(_)) => {
-                self.end_session(1008, "the client stopped reading");
-                self.close(1000, "client left", Cause::Retired, now);
+                self.leave(1008, "the client stopped reading", now);
             }
-            Err(_) => {
-                self.end_session(1006, "the client went away");
-                self.close(1000, "client left", Cause::Retired, now);
-            }
+            Err(_) => self.leave(1006, "the client went away", now),
+        }
+    }
+
+    /// The client's session is over: close the client, then close the upstream
+    /// connection with it, or keep it for the next client with `reuse`.
+    fn leave(&mut self, code: u16, why: &str, now: Instant) {
+        let keep = self.worker.pool.reuse;
+        self.end_session(code, why, keep);
+        if !keep {
+            self.close(1000, "client left", Cause::Retired, now);
         }
     }
 
     /// Close the client (if any) with `code` and tell the monitor the session ended.
-    fn end_session(&mut self, code: u16, why: &str) {
+    fn end_session(&mut self, code: u16, why: &str, kept: bool) {
         let Some(mut bridge) = self.client.take() else {
             return;
         };
@@ -647,6 +651,7 @@ impl<'a> Serve<'a> {
             session: bridge.client.session,
             code,
             why: why.to_string(),
+            kept,
         });
     }
 

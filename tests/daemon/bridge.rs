@@ -189,3 +189,60 @@ fn a_client_that_leaves_takes_its_connection_and_the_pool_refills() {
         d.wait_healthy(2, SOON);
     });
 }
+
+#[test]
+fn with_reuse_the_next_client_rides_the_same_upstream_connection() {
+    watchdog(30, || {
+        let up = Upstream::start().unwrap();
+        let mut d = start(&config(
+            &[up.url()],
+            "min = 1\nmax = 1\nspare = 0\nreuse = true",
+        ));
+        d.wait_healthy(1, SOON);
+        let addr = d.daemon.as_ref().unwrap().listen_addr();
+        let mut first = dial(addr, "/p", None).unwrap();
+        first.send(Message::text("first")).unwrap();
+        assert_eq!(next_data(&mut first), Message::text("first"));
+        first.close(None).unwrap();
+        d.wait_notice(SOON, "kept for the next client");
+        let mut second = dial(addr, "/p", None).unwrap();
+        second.send(Message::text("second")).unwrap();
+        assert_eq!(next_data(&mut second), Message::text("second"));
+        let got = up.received();
+        let conn_of = |data: &[u8]| got.iter().find(|r| r.data == data).unwrap().conn;
+        assert_eq!(
+            conn_of(b"first"),
+            conn_of(b"second"),
+            "one upstream connection"
+        );
+        assert_eq!(up.handshakes(), 1, "no new handshake");
+    });
+}
+
+#[test]
+fn the_pool_grows_with_clients_and_shrinks_back_after_idle_timeout() {
+    watchdog(30, || {
+        let up = Upstream::start().unwrap();
+        let mut d = start(&config(
+            &[up.url()],
+            "min = 1\nmax = 8\nspare = 1\nidle_timeout = \"500ms\"\nreuse = true",
+        ));
+        d.wait_healthy(1, SOON);
+        let addr = d.daemon.as_ref().unwrap().listen_addr();
+        let mut clients: Vec<_> = (0..4).map(|_| dial(addr, "/p", None).unwrap()).collect();
+        for (i, ws) in clients.iter_mut().enumerate() {
+            ws.send(Message::text(format!("c{i}"))).unwrap();
+            assert_eq!(next_data(ws), Message::text(format!("c{i}")));
+        }
+        d.wait_healthy(5, SOON);
+        for mut ws in clients {
+            ws.close(None).unwrap();
+        }
+        d.wait_notice(SOON, "load fell from 5 to 1");
+        wait_until(
+            SOON,
+            || format!("back to one idle connection, have {}", up.connections()),
+            || up.connections() == 1,
+        );
+    });
+}

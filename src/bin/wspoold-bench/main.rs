@@ -1,8 +1,12 @@
-//! `wspoold-bench`: what idle pooled connections cost, measured against the same
-//! process before its pool started. The upstream runs in a child process so that only
-//! the daemon is measured.
+//! `wspoold-bench`: what wspoold costs and how fast it heals, each figure against a
+//! baseline measured in the same run.
 //!
-//! `cargo run --release --bin wspoold-bench -- idle [CONNECTIONS] [SECONDS]`
+//! - `idle [CONNECTIONS] [SECONDS]`: what idle pooled connections cost, against the
+//!   same process before its pool started. The upstream runs in a child process so
+//!   that only the daemon is measured.
+//! - `bridge [ROUND_TRIPS] [KILLS]`: round-trip latency and throughput of a client
+//!   talking to an upstream directly and through wspoold, and the time a session takes
+//!   to heal after its upstream connection is killed, with a warm spare and without.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -13,6 +17,8 @@ use wspoold::daemon::{Daemon, Options};
 use wspoold::event::Observation;
 use wspoold::faults::Upstream;
 
+mod bridge;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -22,8 +28,15 @@ fn main() {
             let seconds = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10);
             idle(n, seconds);
         }
+        Some("bridge") => {
+            let trips = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5000);
+            let kills = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(30);
+            bridge::run(trips, kills);
+        }
         _ => {
-            eprintln!("usage: wspoold-bench idle [CONNECTIONS] [SECONDS]");
+            eprintln!(
+                "usage: wspoold-bench idle [CONNECTIONS] [SECONDS]\n       wspoold-bench bridge [ROUND_TRIPS] [KILLS]"
+            );
             std::process::exit(1);
         }
     }

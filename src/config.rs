@@ -70,6 +70,7 @@ mod default {
     pub const HEAL_BUFFER: usize = 1 << 20;
     pub const DELIVERY: Delivery = Delivery::AtLeastOnce;
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const SLOW_START: Duration = Duration::from_secs(10);
 }
 
 // ----------------------------------------------------------------------------------
@@ -197,6 +198,12 @@ pub struct PoolConfig {
     /// Connections above what the load needs are closed once the load has stayed below
     /// its peak this long. Default 60s.
     pub idle_timeout: Duration,
+    /// Relative share of new connections per primary, in `endpoints` order. Default
+    /// all 1.
+    pub weights: Vec<u32>,
+    /// An endpoint back from down gets its share of new connections gradually over
+    /// this. Default 10s; zero turns it off.
+    pub slow_start: Duration,
 }
 
 /// The delivery guarantee for messages a client sends across a heal.
@@ -573,6 +580,19 @@ fn validate_pool(
         return fail(span, message);
     }
 
+    let weights = match raw.weights {
+        None => vec![1; endpoints.len()],
+        Some(list) if list.get_ref().len() != endpoints.len() => {
+            let message = format!(
+                "weights has {} entries but pool {name} has {} endpoints: one weight per primary, in order",
+                list.get_ref().len(),
+                endpoints.len()
+            );
+            return fail(list.span(), message);
+        }
+        Some(list) => list.into_inner().into_iter().map(|w| w.0).collect(),
+    };
+
     let pool = PoolConfig {
         path,
         endpoints,
@@ -623,6 +643,8 @@ fn validate_pool(
         delivery: raw.delivery.map_or(default::DELIVERY, |d| d.0),
         reuse: raw.reuse.unwrap_or(false),
         idle_timeout: raw.idle_timeout.map_or(default::IDLE_TIMEOUT, |d| d.0),
+        weights,
+        slow_start: raw.slow_start.map_or(default::SLOW_START, |d| d.0),
         name,
     };
     let spans = PoolSpans {
@@ -692,6 +714,8 @@ struct RawPool {
     delivery: Option<DeliveryName>,
     reuse: Option<bool>,
     idle_timeout: Option<Interval<false>>,
+    weights: Option<Spanned<Vec<Count<1>>>>,
+    slow_start: Option<Interval<true>>,
 }
 
 // ----------------------------------------------------------------------------------

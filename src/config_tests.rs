@@ -840,7 +840,7 @@ fn key_names_come_from_the_raw_structs() {
             "{key} missing from {keys:?}"
         );
     }
-    assert_eq!(keys.len(), 4 + 4 + 28, "{keys:?}");
+    assert_eq!(keys.len(), 4 + 4 + 30, "{keys:?}");
     assert_eq!(
         keys.iter().collect::<HashSet<_>>().len(),
         keys.len(),
@@ -974,4 +974,39 @@ fn man_page_documents_every_key_and_no_other() {
     extra.sort();
     assert!(missing.is_empty(), "not in man/wspoold.toml.5: {missing:?}");
     assert!(extra.is_empty(), "documented but not accepted: {extra:?}");
+}
+
+#[test]
+fn session_and_balancing_keys_parse_and_weights_must_match_the_endpoints() {
+    let p = pool(
+        "replay = ['\"op\":\"sub\"', '']\nheal_timeout = \"3s\"\nheal_buffer = \"64KiB\"\nheal_notice = true\ndelivery = \"at-most-once\"\nreuse = true\nidle_timeout = \"2m\"\nweights = [5]\nslow_start = \"0s\"",
+    )
+    .unwrap();
+    assert_eq!(
+        p.replay,
+        vec![r#""op":"sub""#.to_string()],
+        "empty patterns dropped"
+    );
+    assert_eq!(p.heal_timeout, Duration::from_secs(3));
+    assert_eq!(p.heal_buffer, 64 * 1024);
+    assert!(p.heal_notice && p.reuse);
+    assert_eq!(p.delivery, Delivery::AtMostOnce);
+    assert_eq!(p.idle_timeout, Duration::from_secs(120));
+    assert_eq!((p.weights, p.slow_start), (vec![5], Duration::ZERO));
+    let d = pool("").unwrap();
+    assert_eq!(d.delivery, Delivery::AtLeastOnce);
+    assert_eq!(d.weights, vec![1]);
+    let (line, column, message) = pool_error("weights = [1, 2]");
+    assert_eq!((line, column), (3, 11));
+    assert!(
+        message.starts_with("weights has 2 entries but pool p has 1 endpoints"),
+        "{message}"
+    );
+    let (line, _, message) = pool_error("delivery = \"exactly-once\"");
+    assert_eq!(line, 3);
+    assert!(
+        message.contains("unknown delivery \"exactly-once\""),
+        "{message}"
+    );
+    assert_eq!(pool_error("weights = [0]").0, 3);
 }

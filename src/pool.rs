@@ -54,6 +54,10 @@ pub enum Condition {
 struct EndpointSlot {
     url: String,
     backup: bool,
+    /// Relative share of new connections.
+    weight: u32,
+    /// When it came back from down: its share ramps up over `slow_start` from then.
+    returned: Option<Instant>,
     health: Health,
     connecting: u32,
     connected: u32,
@@ -84,6 +88,7 @@ pub struct Pool {
     lease_timeout: Duration,
     heal_timeout: Duration,
     idle_timeout: Duration,
+    slow_start: Duration,
     /// The highest recent demand (leased + waiting + spare) and until when it holds:
     /// the pool shrinks only after demand stayed below it for `idle_timeout`.
     peak: usize,
@@ -110,9 +115,11 @@ pub struct Pool {
 impl Pool {
     /// `index` keeps connection ids unique across pools.
     pub fn new(cfg: &PoolConfig, grace: Duration, index: usize, now: Instant, rng: Rng) -> Pool {
-        let slot = |url: String, backup: bool| EndpointSlot {
+        let slot = |url: String, backup: bool, weight: u32| EndpointSlot {
             url,
             backup,
+            weight,
+            returned: None,
             health: Health::new(
                 cfg.down_after,
                 Backoff::new(cfg.backoff_base, cfg.backoff_max),
@@ -125,8 +132,9 @@ impl Pool {
         let endpoints = cfg
             .endpoints
             .iter()
-            .map(|e| slot(e.url.clone(), false))
-            .chain(cfg.backup.iter().map(|e| slot(e.url.clone(), true)))
+            .zip(cfg.weights.iter().chain(std::iter::repeat(&1)))
+            .map(|(e, w)| slot(e.url.clone(), false, *w))
+            .chain(cfg.backup.iter().map(|e| slot(e.url.clone(), true, 1)))
             .collect();
         Pool {
             name: cfg.name.clone(),
@@ -136,6 +144,7 @@ impl Pool {
             lease_timeout: cfg.lease_timeout,
             heal_timeout: cfg.heal_timeout,
             idle_timeout: cfg.idle_timeout,
+            slow_start: cfg.slow_start,
             peak: 0,
             peak_until: now,
             waiting: VecDeque::new(),
@@ -508,11 +517,22 @@ impl Pool {
                     human(rtt),
                     human(now.saturating_duration_since(since))
                 ),
-                _ => format!(
-                    "endpoint back up: probe passed a heartbeat in {} after {} down; back in rotation",
-                    human(rtt),
-                    human(now.saturating_duration_since(since))
-                ),
+                _ => {
+                    let ramp = if self.slow_start.is_zero() {
+                        String::new()
+                    } else {
+                        slot.returned = Some(now);
+                        format!(
+                            ", its share of new connections ramping up over {}",
+                            human(self.slow_start)
+                        )
+                    };
+                    format!(
+                        "endpoint back up: probe passed a heartbeat in {} after {} down; back in rotation{ramp}",
+                        human(rtt),
+                        human(now.saturating_duration_since(since))
+                    )
+                }
             };
             let severity = Severity::Info;
             actions.push(Action::Notice(
@@ -673,7 +693,8 @@ impl Pool {
                 .enumerate()
                 .filter(|(_, s)| s.backup == backup && s.health.state() == State::Up)
                 .filter(|(_, s)| s.connecting < self.max_connecting)
-                .min_by_key(|(i, s)| (s.connected + s.connecting, *i))
+                .map(|(i, s)| (i, self.load(s, now)))
+                .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
                 .map(|(i, _)| i)
         };
         // An up endpoint whose dials are all in flight means waiting for them, not
@@ -687,6 +708,18 @@ impl Pool {
         self.endpoints
             .iter()
             .position(|s| s.health.may_attempt(now, s.connecting))
+    }
+
+    /// An endpoint's load if it took one more connection, against its share: its
+    /// weight, scaled down while it ramps up after coming back (never below a tenth).
+    fn load(&self, slot: &EndpointSlot, now: Instant) -> f64 {
+        let mut weight = f64::from(slot.weight);
+        if let Some(back) = slot.returned {
+            let ramp = now.saturating_duration_since(back).as_secs_f64()
+                / self.slow_start.as_secs_f64().max(1e-9);
+            weight *= ramp.clamp(0.1, 1.0);
+        }
+        f64::from(slot.connected + slot.connecting + 1) / weight
     }
 
     fn spawn(&mut self, endpoint: usize, now: Instant, actions: &mut Vec<Action>) {

@@ -653,3 +653,66 @@ fn the_pool_shrinks_to_min_only_after_load_stayed_low_for_idle_timeout() {
     assert!(text.contains("load fell from 4 to 1"), "{text}");
     assert_eq!(r.pool.healthy(), 1);
 }
+
+fn per_endpoint(r: &Rig) -> Vec<usize> {
+    let mut counts = vec![0; 3];
+    for id in r.pool.conn_ids() {
+        counts[r.pool.endpoint_of(id).unwrap()] += 1;
+    }
+    counts
+}
+
+#[test]
+fn weights_share_new_connections_in_proportion() {
+    let mut r = rig("min = 8\nweights = [3, 1]");
+    r.settle(&|_| Outcome::Up);
+    assert_eq!(per_endpoint(&r), vec![6, 2, 0]);
+}
+
+#[test]
+fn an_endpoint_back_from_down_gets_its_share_gradually() {
+    let mut r = rig("min = 2\nmax = 40\nspare = 0\ndown_after = 1\nslow_start = \"10s\"");
+    r.settle(&|_| Outcome::Up);
+    let on_a: Vec<_> = r
+        .pool
+        .conn_ids()
+        .filter(|id| r.pool.endpoint_of(*id) == Some(0))
+        .collect();
+    for id in on_a {
+        r.die(id, Cause::Refused);
+    }
+    let a_refuses = |e: usize| if e == 0 { refused() } else { Outcome::Up };
+    r.settle(&a_refuses);
+    assert_eq!(r.pool.endpoint_state(0), State::Down);
+    let seen = r.run_for(ms(3_000), &|_| Outcome::Up);
+    assert_eq!(r.pool.endpoint_state(0), State::Up);
+    assert!(
+        Rig::notices(&seen)
+            .iter()
+            .any(|n| n.text.contains("ramping up over 10.0s"))
+    );
+    // Twenty clients arrive at once, right after A came back: A, which has 0 or 1
+    // connection against B's 2, must not take them all.
+    for session in 0..20 {
+        let actions = r.pool.lease(session, r.now);
+        r.actions.extend(actions);
+    }
+    r.settle(&|_| Outcome::Up);
+    let counts = per_endpoint(&r);
+    assert!(
+        counts[0] < counts[1] / 3,
+        "the recovered endpoint took {counts:?}"
+    );
+    // Once the ramp is over, new connections go to A until the shares even out.
+    r.advance(ms(10_000));
+    for session in 20..40 {
+        let actions = r.pool.lease(session, r.now);
+        r.actions.extend(actions);
+    }
+    r.settle(&|_| Outcome::Up);
+    let later = per_endpoint(&r);
+    assert!(
+        later[0] - counts[0] > later[1] - counts[1],
+        "after the ramp A catches up: {counts:?} then {later:?}"
+    );
+}

@@ -14,6 +14,48 @@ use crate::event::{Control, Notice, Observation, Severity};
 use crate::listener::{Listener, ListenerHandle};
 use crate::monitor::Monitor;
 
+/// Descriptors a full daemon can hold: per pooled connection its socket, its wake
+/// descriptor and a local client's socket; plus handshakes in progress, the listeners,
+/// syslog and room to breathe.
+fn descriptors_needed(max_connections: usize) -> u64 {
+    3 * max_connections as u64 + 512
+}
+
+/// Raise the soft limit on open files to what `max_connections` needs, as far as the
+/// hard limit allows; a notice if even that is too low, so the bound is named before it
+/// is hit instead of surfacing as EMFILE on some accept.
+fn raise_descriptor_limit(max_connections: usize) -> Option<Notice> {
+    let need = descriptors_needed(max_connections);
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into a live local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return None;
+    }
+    if limit.rlim_cur >= need {
+        return None;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: need.min(limit.rlim_max),
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: setrlimit reads one rlimit from a live local.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+        limit.rlim_cur = raised.rlim_cur;
+    }
+    (limit.rlim_cur < need).then(|| {
+        Notice::new(
+            Severity::Warning,
+            format!(
+                "open-file limit {} is below the {need} that max_connections = {max_connections} can need: raise LimitNOFILE (hard limit {}) or lower max_connections",
+                limit.rlim_cur, limit.rlim_max
+            ),
+        )
+    })
+}
+
 /// How the daemon is embedded.
 #[derive(Default)]
 pub struct Options {
@@ -48,6 +90,9 @@ impl Daemon {
                 config.origin
             ),
         ));
+        if let Some(notice) = raise_descriptor_limit(config.daemon.max_connections) {
+            alerts.send(notice);
+        }
         let (control, control_rx) = crossbeam_channel::bounded(16);
         let monitor =
             Monitor::new(config, control_rx, clients_rx, alerts, options.observer).spawn()?;
@@ -117,4 +162,28 @@ pub fn run(config: &Config, options: Options) -> io::Result<()> {
     signal_handle.close();
     let _ = forwarder.join();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_descriptor_limit_is_raised_to_what_max_connections_needs() {
+        // Within any machine's hard limit: raised silently.
+        assert_eq!(raise_descriptor_limit(100), None);
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        assert!(limit.rlim_cur >= descriptors_needed(100));
+        // Beyond the hard limit: named in a warning.
+        if limit.rlim_max < u64::MAX / 4 {
+            let beyond = (limit.rlim_max / 3) as usize + 1;
+            let notice = raise_descriptor_limit(beyond).expect("a warning");
+            assert!(notice.text.contains("raise LimitNOFILE"), "{}", notice.text);
+        }
+    }
 }

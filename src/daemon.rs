@@ -177,7 +177,10 @@ mod tests {
             rlim_max: 0,
         };
         // SAFETY: as above.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        assert_eq!(
+            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
+            0
+        );
         assert!(limit.rlim_cur >= descriptors_needed(100));
         // Beyond the hard limit: named in a warning.
         if limit.rlim_max < u64::MAX / 4 {

@@ -50,12 +50,48 @@ struct RoomHandle {
     bound: Option<ConnId>,
 }
 
+/// What happened to a pool's sessions, counted for the shutdown summary (and for
+/// metrics).
+#[derive(Debug, Default)]
+pub struct SessionCounts {
+    pub attached: u64,
+    pub healed: u64,
+    pub slowest_heal: Duration,
+    pub heal_failed: u64,
+    pub refused: u64,
+    /// Sessions ended, by the close code they ended with.
+    pub closed: std::collections::BTreeMap<u16, u64>,
+}
+
+impl SessionCounts {
+    fn summary(&self) -> String {
+        let closes = if self.closed.is_empty() {
+            "none".to_string()
+        } else {
+            self.closed
+                .iter()
+                .map(|(code, n)| format!("{code}×{n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "sessions: {} attached, {} healed (slowest {}), {} could not heal, {} refused (1013); ended by close code: {closes}",
+            self.attached,
+            self.healed,
+            crate::event::human(self.slowest_heal),
+            self.heal_failed,
+            self.refused
+        )
+    }
+}
+
 /// One configured pool: its settings and its decision state.
 struct PoolEntry {
     config: Arc<PoolConfig>,
     endpoints: Vec<Endpoint>,
     tls: Arc<rustls::ClientConfig>,
     state: Pool,
+    sessions: SessionCounts,
     /// A worker silent this long is stuck.
     stuck_after: Duration,
 }
@@ -109,6 +145,7 @@ impl Monitor {
                     now,
                     Rng::new(rng.next_u64()),
                 ),
+                sessions: SessionCounts::default(),
                 stuck_after: 2 * cfg
                     .connect_timeout
                     .max(cfg.heartbeat_interval + cfg.heartbeat_timeout + cfg.write_timeout)
@@ -219,6 +256,9 @@ impl Monitor {
             return;
         };
         let index = handle.pool;
+        if let Event::SessionEnded { code, .. } = &event {
+            *self.pools[index].sessions.closed.entry(*code).or_default() += 1;
+        }
         let Event::Died {
             id,
             cause,
@@ -356,6 +396,11 @@ impl Monitor {
                     return;
                 };
                 self.closed_rooms.push(room.thread);
+                let counts = &mut self.pools[room.pool].sessions;
+                *counts.closed.entry(code).or_default() += 1;
+                if code == 1011 {
+                    counts.heal_failed += 1;
+                }
                 let text = format!("session {session} ended while healing ({code}): {why}");
                 let severity = if code == 1011 || code == 1008 {
                     Severity::Warning
@@ -425,6 +470,14 @@ impl Monitor {
                     reason,
                 } => {
                     if let Some(client) = self.waiting.remove(&session) {
+                        // A room counts its own ending when it closes.
+                        let counts = &mut self.pools[index].sessions;
+                        if code == 1013 {
+                            counts.refused += 1;
+                        } else {
+                            counts.heal_failed += u64::from(code == 1011);
+                            *counts.closed.entry(code).or_default() += 1;
+                        }
                         close_client(client, code, &reason);
                     } else if let Some(room) = self.rooms.get(&session) {
                         let _ = room.commands.send(RoomCommand::Close(code, reason));
@@ -536,6 +589,14 @@ impl Monitor {
             .map(|e| pool.endpoint_url(e).to_string())
             .unwrap_or_default();
         let session = client.session;
+        let counts = &mut self.pools[index].sessions;
+        match &client.carry.healing {
+            None => counts.attached += 1,
+            Some(healing) => {
+                counts.healed += 1;
+                counts.slowest_heal = counts.slowest_heal.max(healing.since.elapsed());
+            }
+        }
         let text = match &client.carry.healing {
             None => format!(
                 "session {session} from {} attached to connection {conn} after {}",
@@ -592,10 +653,15 @@ impl Monitor {
     /// Close every connection with 1001, wait for the workers (bounded), join them.
     fn shutdown(mut self) {
         let started = Instant::now();
+        while let Ok(event) = self.room_events.try_recv() {
+            self.on_room_event(event, started);
+        }
         for (_, client) in self.waiting.drain() {
             close_client(client, 1001, "wspoold shutting down");
         }
-        for (_, room) in self.rooms.drain() {
+        let mut room_pools = HashMap::new();
+        for (session, room) in self.rooms.drain() {
+            room_pools.insert(session, room.pool);
             let _ = room
                 .commands
                 .send(RoomCommand::Close(1001, "wspoold shutting down".into()));
@@ -629,6 +695,23 @@ impl Monitor {
             // A room closes its client at once; only a client that stopped reading
             // keeps it, and its write is non-blocking.
             let _ = room.join();
+        }
+        // Count the sessions rooms ended (by healing failing, or this shutdown).
+        for event in self.room_events.try_iter() {
+            if let RoomEvent::Ended { session, code, .. } = event
+                && let Some(index) = room_pools.get(&session)
+            {
+                let counts = &mut self.pools[*index].sessions;
+                *counts.closed.entry(code).or_default() += 1;
+                counts.heal_failed += u64::from(code == 1011);
+            }
+        }
+        for entry in &self.pools {
+            let counts = &entry.sessions;
+            if counts.attached + counts.refused > 0 {
+                let notice = Notice::new(Severity::Info, counts.summary()).pool(entry.state.name());
+                self.notice(notice);
+            }
         }
         let left_over = self.workers.len();
         let text = if left_over == 0 {

@@ -373,15 +373,16 @@ impl Pool {
         }
     }
 
-    /// An idle connection for a client: connected, free, on an endpoint in rotation
-    /// if there is one.
+    /// An idle connection for a client: proven by its first heartbeat (so whatever
+    /// the upstream answered to `on_connect` came before the pong, and went to no
+    /// client), free, on an endpoint in rotation if there is one.
     fn idle_conn(&self) -> Option<ConnId> {
         self.conns
             .iter()
-            .filter(|(_, c)| c.connected && !c.retiring && c.leased.is_none())
+            .filter(|(_, c)| c.proven && !c.retiring && c.leased.is_none())
             .max_by_key(|(id, c)| {
                 let up = self.endpoints[c.endpoint].health.state() == State::Up;
-                (up, c.proven, std::cmp::Reverse(**id))
+                (up, std::cmp::Reverse(**id))
             })
             .map(|(id, _)| *id)
     }
@@ -496,7 +497,8 @@ impl Pool {
         });
     }
 
-    /// Returns whether the endpoint changed state.
+    /// Returns whether anything changed: the connection proved itself for the first
+    /// time (it can now take a client), or its endpoint changed state.
     fn heartbeat(
         &mut self,
         id: ConnId,
@@ -508,7 +510,7 @@ impl Pool {
         let Some(conn) = self.conns.get_mut(&id) else {
             return false;
         };
-        conn.proven = true;
+        let first = !std::mem::replace(&mut conn.proven, true);
         let slot = &mut self.endpoints[conn.endpoint];
         if let Some(Transition::Up { from, since }) = slot.health.passed_heartbeat(sent, now) {
             let text = match from {
@@ -542,7 +544,7 @@ impl Pool {
             ));
             return true;
         }
-        false
+        first
     }
 
     fn died(

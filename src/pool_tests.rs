@@ -203,6 +203,25 @@ enum Outcome {
 }
 
 impl Rig {
+    /// Endpoint A (index 0) refuses until it is down (`down_after = 1`), then accepts
+    /// again until a probe brings it back; returns every action seen meanwhile.
+    fn take_a_down_and_back(&mut self) -> Vec<Action> {
+        let on_a: Vec<_> = self
+            .pool
+            .conn_ids()
+            .filter(|id| self.pool.endpoint_of(*id) == Some(0))
+            .collect();
+        for id in on_a {
+            self.die(id, Cause::Refused);
+        }
+        let a_refuses = |e: usize| if e == 0 { refused() } else { Outcome::Up };
+        self.settle(&a_refuses);
+        assert_eq!(self.pool.endpoint_state(0), State::Down);
+        let seen = self.run_for(ms(3_000), &|_| Outcome::Up);
+        assert_eq!(self.pool.endpoint_state(0), State::Up);
+        seen
+    }
+
     /// Play every spawn out with `outcome(endpoint)` until the pool asks for nothing new;
     /// retirements complete at once. Returns every action seen.
     fn settle(&mut self, outcome: &dyn Fn(usize) -> Outcome) -> Vec<Action> {
@@ -318,19 +337,7 @@ fn a_probe_that_passes_a_heartbeat_returns_the_endpoint_and_surplus_is_trimmed()
     let mut r = rig("down_after = 1");
     r.connect_all();
     r.take();
-    let ids: Vec<_> = r
-        .pool
-        .conn_ids()
-        .filter(|id| r.pool.endpoint_of(*id) == Some(0))
-        .collect();
-    for id in ids {
-        r.die(id, Cause::Refused);
-    }
-    let a_refuses = |e: usize| if e == 0 { refused() } else { Outcome::Up };
-    r.settle(&a_refuses);
-    assert_eq!(r.pool.endpoint_state(0), State::Down);
-    let seen = r.run_for(ms(3_000), &|_| Outcome::Up);
-    assert_eq!(r.pool.endpoint_state(0), State::Up);
+    let seen = r.take_a_down_and_back();
     assert!(
         Rig::notices(&seen)
             .iter()
@@ -673,19 +680,7 @@ fn weights_share_new_connections_in_proportion() {
 fn an_endpoint_back_from_down_gets_its_share_gradually() {
     let mut r = rig("min = 2\nmax = 40\nspare = 0\ndown_after = 1\nslow_start = \"10s\"");
     r.settle(&|_| Outcome::Up);
-    let on_a: Vec<_> = r
-        .pool
-        .conn_ids()
-        .filter(|id| r.pool.endpoint_of(*id) == Some(0))
-        .collect();
-    for id in on_a {
-        r.die(id, Cause::Refused);
-    }
-    let a_refuses = |e: usize| if e == 0 { refused() } else { Outcome::Up };
-    r.settle(&a_refuses);
-    assert_eq!(r.pool.endpoint_state(0), State::Down);
-    let seen = r.run_for(ms(3_000), &|_| Outcome::Up);
-    assert_eq!(r.pool.endpoint_state(0), State::Up);
+    let seen = r.take_a_down_and_back();
     assert!(
         Rig::notices(&seen)
             .iter()

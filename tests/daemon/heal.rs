@@ -185,6 +185,33 @@ fn check_delivery(runs: &[Run], sent: u64, at_least_once: bool) -> (u64, u64) {
     (duplicates, gaps)
 }
 
+/// A daemon with one connection to `up` (pool settings `extra`), a client session on
+/// it, and then `up` killed: the session is healing, with nowhere to go.
+fn session_whose_upstream_died(up: &Upstream, extra: &str) -> (Running, WebSocket<TcpStream>) {
+    let mut d = start(&config(
+        &[up.url()],
+        &format!("min = 1\nspare = 0\n{extra}"),
+    ));
+    d.wait_healthy(1, SOON);
+    let mut ws = dial(listen_addr(&d), "/p", None).unwrap();
+    ws.send(Message::text("one")).unwrap();
+    assert_eq!(next_data(&mut ws), Message::text("one"));
+    up.kill();
+    d.wait_death(SOON, "the session's connection", |c| *c == Cause::Reset);
+    (d, ws)
+}
+
+/// The next frame must be a close with `code` and a reason that says `why`.
+fn expect_close(ws: &mut WebSocket<TcpStream>, code: u16, why: &str) {
+    match ws.read().unwrap() {
+        Message::Close(Some(frame)) => {
+            assert_eq!(u16::from(frame.code), code);
+            assert!(frame.reason.contains(why), "{}", frame.reason);
+        }
+        other => panic!("expected close {code}, got {other:?}"),
+    }
+}
+
 /// The connection number that follows `prefix` in a notice.
 fn connection_after(text: &str, prefix: &str) -> u64 {
     let rest = &text[text
@@ -348,16 +375,7 @@ fn replay_messages_go_first_on_the_new_connection_and_the_client_is_told() {
 fn a_session_that_cannot_heal_in_time_gets_1011_and_what_it_sent_is_kept_until_then() {
     watchdog(30, || {
         let up = Upstream::start().unwrap();
-        let mut d = start(&config(
-            &[up.url()],
-            "min = 1\nspare = 0\nheal_timeout = \"600ms\"",
-        ));
-        d.wait_healthy(1, SOON);
-        let mut ws = dial(listen_addr(&d), "/p", None).unwrap();
-        ws.send(Message::text("one")).unwrap();
-        assert_eq!(next_data(&mut ws), Message::text("one"));
-        up.kill();
-        d.wait_death(SOON, "the session's connection", |c| *c == Cause::Reset);
+        let (mut d, mut ws) = session_whose_upstream_died(&up, "heal_timeout = \"600ms\"");
         // Pings are answered while the session waits.
         ws.send(Message::Ping(b"still?".to_vec().into())).unwrap();
         match ws.read().unwrap() {
@@ -365,13 +383,7 @@ fn a_session_that_cannot_heal_in_time_gets_1011_and_what_it_sent_is_kept_until_t
             other => panic!("expected the pong, got {other:?}"),
         }
         let started = Instant::now();
-        match ws.read().unwrap() {
-            Message::Close(Some(frame)) => {
-                assert_eq!(u16::from(frame.code), 1011);
-                assert!(frame.reason.contains("heal_timeout"), "{}", frame.reason);
-            }
-            other => panic!("expected close 1011, got {other:?}"),
-        }
+        expect_close(&mut ws, 1011, "heal_timeout");
         assert!(started.elapsed() < SOON);
         d.wait_notice(SOON, "closed with 1011");
         // Counted, and summed up at shutdown.
@@ -389,27 +401,12 @@ fn a_session_that_cannot_heal_in_time_gets_1011_and_what_it_sent_is_kept_until_t
 fn a_client_that_overflows_heal_buffer_while_healing_gets_1011() {
     watchdog(30, || {
         let up = Upstream::start().unwrap();
-        let mut d = start(&config(
-            &[up.url()],
-            "min = 1\nspare = 0\nheal_buffer = \"1KiB\"",
-        ));
-        d.wait_healthy(1, SOON);
-        let mut ws = dial(listen_addr(&d), "/p", None).unwrap();
-        ws.send(Message::text("one")).unwrap();
-        assert_eq!(next_data(&mut ws), Message::text("one"));
-        up.kill();
-        d.wait_death(SOON, "the session's connection", |c| *c == Cause::Reset);
+        let (mut d, mut ws) = session_whose_upstream_died(&up, "heal_buffer = \"1KiB\"");
         // The eleventh 100-byte message passes 1 KiB; nothing is sent after it.
         for _ in 0..11 {
             ws.send(Message::binary(vec![b'x'; 100])).unwrap();
         }
-        match ws.read().unwrap() {
-            Message::Close(Some(frame)) => {
-                assert_eq!(u16::from(frame.code), 1011);
-                assert!(frame.reason.contains("heal_buffer"), "{}", frame.reason);
-            }
-            other => panic!("expected close 1011, got {other:?}"),
-        }
+        expect_close(&mut ws, 1011, "heal_buffer");
         d.wait_notice(SOON, "ended while healing (1011)");
     });
 }

@@ -11,11 +11,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
-use tungstenite::Message;
 
 use crate::config::PoolConfig;
 use crate::event::{Client, SessionId};
 use crate::monitor::close_client;
+use crate::session::{ClientRead, read_client};
 use crate::worker::{Wake, poll};
 
 /// What the monitor tells a room (followed by a wake).
@@ -84,7 +84,7 @@ impl Room {
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
                     pending_since.get_or_insert(now);
                 }
-                Err(_) => break (1006, "the client went away while healing".into()),
+                Err(_) => break (1006, "the client went away while it healed".into()),
             }
             let stall = pending_since.map(|since| since + self.pool.write_timeout);
             if stall.is_some_and(|at| now >= at) {
@@ -131,8 +131,8 @@ impl Room {
     /// Buffer what the client sent; `Some` when the session must end.
     fn read(&mut self) -> Option<(u16, String)> {
         loop {
-            match self.client.ws.read() {
-                Ok(message @ (Message::Text(_) | Message::Binary(_))) => {
+            match read_client(&mut self.client.ws) {
+                ClientRead::Data(message) => {
                     let pool = &self.pool;
                     let carry = &mut self.client.carry;
                     carry.remember(&pool.replay, &message, pool.heal_buffer);
@@ -147,22 +147,11 @@ impl Room {
                         healing.buffered += 1;
                     }
                 }
-                // tungstenite queues the pong for a ping; the flush sends it.
-                Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
-                Ok(Message::Close(frame)) => {
-                    let code = frame.map_or(1005, |f| u16::from(f.code));
-                    return Some((code, "the client closed the session while it healed".into()));
+                ClientRead::Control => {}
+                ClientRead::Idle => return None,
+                ClientRead::Ended(code, why) => {
+                    return Some((code, format!("{why} while it healed")));
                 }
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return None;
-                }
-                Err(tungstenite::Error::Capacity(e)) => {
-                    return Some((1009, format!("message too big: {e}")));
-                }
-                Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                    return Some((1006, "the client went away while healing".into()));
-                }
-                Err(e) => return Some((1002, format!("client error: {e}"))),
             }
         }
     }

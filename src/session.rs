@@ -5,9 +5,11 @@
 //! idle, and the next worker drains it before forwarding anything new.
 
 use std::collections::VecDeque;
+use std::io;
+use std::net::TcpStream;
 use std::time::Instant;
 
-use tungstenite::Message;
+use tungstenite::{Message, WebSocket};
 
 use crate::event::{Cause, ConnId};
 
@@ -100,6 +102,39 @@ impl Carry {
 
     pub fn backlog_bytes(&self) -> usize {
         self.backlog_bytes
+    }
+}
+
+/// One read from a local client's non-blocking socket.
+pub enum ClientRead {
+    /// A text or binary message for the upstream.
+    Data(Message),
+    /// A control frame, already handled (tungstenite queues the pong for a ping).
+    Control,
+    /// Nothing more to read now.
+    Idle,
+    /// The session is over: the close code to log and send (1005 and 1006 send
+    /// none), and why.
+    Ended(u16, String),
+}
+
+/// Read one frame from a client and say what it means for the session.
+pub fn read_client(ws: &mut WebSocket<TcpStream>) -> ClientRead {
+    match ws.read() {
+        Ok(message @ (Message::Text(_) | Message::Binary(_))) => ClientRead::Data(message),
+        Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => ClientRead::Control,
+        Ok(Message::Close(frame)) => {
+            let code = frame.map_or(1005, |f| u16::from(f.code));
+            ClientRead::Ended(code, "the client closed the session".into())
+        }
+        Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => ClientRead::Idle,
+        Err(tungstenite::Error::Capacity(e)) => {
+            ClientRead::Ended(1009, format!("message too big: {e}"))
+        }
+        Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
+            ClientRead::Ended(1006, "the client went away".into())
+        }
+        Err(e) => ClientRead::Ended(1002, format!("client error: {e}")),
     }
 }
 

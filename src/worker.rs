@@ -18,7 +18,7 @@ use tungstenite::{Message, WebSocket};
 
 use crate::config::{Delivery, Endpoint, PoolConfig};
 use crate::event::{Cause, Client, Command, ConnId, Event, ToWorker};
-use crate::session::Healing;
+use crate::session::{ClientRead, Healing, read_client};
 use crate::upstream::{self, Stream};
 
 /// How long a closing handshake may take before the socket is simply dropped.
@@ -196,6 +196,16 @@ impl Bridge {
         }
     }
 
+    /// A client message went upstream; the pong to heartbeat `tag` confirms it. Only
+    /// its count is kept unless `keep` (at-least-once).
+    fn written(&mut self, tag: u64, message: &Message, keep: bool) {
+        if keep {
+            self.unconfirmed_bytes += message.len();
+        }
+        self.unconfirmed
+            .push_back((tag, keep.then(|| message.clone())));
+    }
+
     /// A pong for heartbeat `seq` arrived: everything written before that ping was read.
     fn confirm(&mut self, seq: u64) {
         while let Some((tag, _)) = self.unconfirmed.front() {
@@ -325,15 +335,9 @@ impl<'a> Serve<'a> {
             }
         }
         let mut bridge = Bridge::new(client);
-        let tag = self.seq + 1;
         let keep = pool.delivery == Delivery::AtLeastOnce;
         for message in &resend {
-            if keep {
-                bridge.unconfirmed_bytes += message.len();
-            }
-            bridge
-                .unconfirmed
-                .push_back((tag, keep.then(|| message.clone())));
+            bridge.written(self.seq + 1, message, keep);
         }
         self.client = Some(bridge);
         for message in resend {
@@ -538,30 +542,12 @@ impl<'a> Serve<'a> {
             self.pending_since.is_none() && bridge.unconfirmed_bytes < self.worker.pool.heal_buffer;
         if accepting && std::mem::take(&mut bridge.readable) {
             loop {
-                match bridge.client.ws.read() {
-                    Ok(message @ (Message::Text(_) | Message::Binary(_))) => forward.push(message),
-                    // Pings are answered by tungstenite; pongs need nothing.
-                    Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
-                    Ok(Message::Close(frame)) => {
-                        let code = frame.map_or(1005, |f| u16::from(f.code));
-                        ended = Some((code, "the client closed the session".into()));
-                        break;
-                    }
-                    Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                        break;
-                    }
-                    Err(tungstenite::Error::Capacity(e)) => {
-                        ended = Some((1009, format!("message too big: {e}")));
-                        break;
-                    }
-                    Err(
-                        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed,
-                    ) => {
-                        ended = Some((1006, "the client went away".into()));
-                        break;
-                    }
-                    Err(e) => {
-                        ended = Some((1002, format!("client error: {e}")));
+                match read_client(&mut bridge.client.ws) {
+                    ClientRead::Data(message) => forward.push(message),
+                    ClientRead::Control => {}
+                    ClientRead::Idle => break,
+                    ClientRead::Ended(code, why) => {
+                        ended = Some((code, why));
                         break;
                     }
                 }
@@ -584,18 +570,12 @@ impl<'a> Serve<'a> {
         }
         let pool = &self.worker.pool;
         let keep = pool.delivery == Delivery::AtLeastOnce;
-        let tag = self.seq + 1;
         for message in &forward {
             bridge
                 .client
                 .carry
                 .remember(&pool.replay, message, pool.heal_buffer);
-            if keep {
-                bridge.unconfirmed_bytes += message.len();
-            }
-            bridge
-                .unconfirmed
-                .push_back((tag, keep.then(|| message.clone())));
+            bridge.written(self.seq + 1, message, keep);
         }
         for message in forward {
             // A stalled upstream surfaces as a write stall on the next turn.

@@ -31,6 +31,8 @@ use serde::de::{
     self, DeserializeSeed, Deserializer, IntoDeserializer, MapAccess, SeqAccess, Visitor,
 };
 use syslog::Facility;
+
+use crate::event::Severity;
 use toml::Spanned;
 use tungstenite::http::{HeaderName, HeaderValue, Uri};
 
@@ -51,6 +53,16 @@ mod default {
     pub const SYSLOG_SOCKET: &str = "/dev/log";
     pub const SYSLOG_FACILITY: Facility = Facility::LOG_DAEMON;
     pub const GRACE: Duration = Duration::from_secs(5);
+    pub const RESOLVE_AFTER: Duration = Duration::from_secs(30);
+    pub const ESCALATE_AFTER: Duration = Duration::from_secs(300);
+    pub const ESCALATE_FAILURES: u32 = 10;
+
+    pub const WEBHOOK_FORMAT: WebhookFormat = WebhookFormat::Json;
+    pub const WEBHOOK_MIN_SEVERITY: Severity = Severity::Warning;
+    pub const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+    pub const WEBHOOK_RETRIES: u32 = 6;
+    pub const WEBHOOK_RETRY_BACKOFF: Duration = Duration::from_secs(1);
+    pub const WEBHOOK_QUEUE: usize = 256;
 
     pub const MIN: usize = 2;
     pub const MAX: usize = 64;
@@ -71,6 +83,10 @@ mod default {
     pub const DELIVERY: Delivery = Delivery::AtLeastOnce;
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const SLOW_START: Duration = Duration::from_secs(10);
+    pub const RTT_ALERT: Duration = Duration::ZERO;
+    pub const FLAP_HALF_LIFE: Duration = Duration::from_secs(60);
+    pub const FLAP_SUPPRESS: u32 = 3;
+    pub const FLAP_REUSE: u32 = 1;
 }
 
 // ----------------------------------------------------------------------------------
@@ -114,6 +130,82 @@ pub struct AlertsConfig {
     /// How long a pool may stay below `min` before it is a warning; start-up warm-up is
     /// never an alert. Default 5s.
     pub grace: Duration,
+    /// An incident is resolved once its pool has been healthy this long. Default 30s.
+    pub resolve_after: Duration,
+    /// An incident still open this long is escalated. Default 5m; zero never.
+    pub escalate_after: Duration,
+    /// An incident escalates at once after this many recovery attempts in a row failed
+    /// (connections that never came up). Default 10; zero never.
+    pub escalate_failures: u32,
+    /// `[[alerts.webhook]]`, in file order.
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+/// One `[[alerts.webhook]]` receiver.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// For log lines and metrics. Default: the URL's host and port.
+    pub name: String,
+    /// `http://` or `https://`.
+    pub url: String,
+    pub format: WebhookFormat,
+    /// Notifications below this severity are not sent. Default warning.
+    pub min_severity: Severity,
+    /// Receives escalations (and their resolution) only.
+    pub escalation_only: bool,
+    /// Per request. Default 5s.
+    pub timeout: Duration,
+    /// Extra request headers: `headers`, then `header_files` with each value read
+    /// from its file.
+    pub headers: Vec<(String, String)>,
+    /// PagerDuty's integration key (`routing_key` or `routing_key_file`).
+    pub routing_key: Option<String>,
+    /// Attempts after the first, on network errors and 5xx. Default 6.
+    pub retries: u32,
+    /// First retry delay, doubled per attempt up to a minute, jittered. Default 1s.
+    pub retry_backoff: Duration,
+    /// Notifications waiting for the receiver. Default 256.
+    pub queue: usize,
+}
+
+// Headers and the routing key hold secrets: Debug does not show them.
+impl fmt::Debug for WebhookConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let headers: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("WebhookConfig")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("format", &self.format)
+            .field("min_severity", &self.min_severity)
+            .field("escalation_only", &self.escalation_only)
+            .field("timeout", &self.timeout)
+            .field("headers", &headers)
+            .field("routing_key", &self.routing_key.as_ref().map(|_| "<secret>"))
+            .field("retries", &self.retries)
+            .field("retry_backoff", &self.retry_backoff)
+            .field("queue", &self.queue)
+            .finish()
+    }
+}
+
+/// What a webhook receiver speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WebhookFormat {
+    Json,
+    Slack,
+    PagerDuty,
+    Alertmanager,
+}
+
+impl WebhookFormat {
+    pub fn label(self) -> &'static str {
+        match self {
+            WebhookFormat::Json => "json",
+            WebhookFormat::Slack => "slack",
+            WebhookFormat::PagerDuty => "pagerduty",
+            WebhookFormat::Alertmanager => "alertmanager",
+        }
+    }
 }
 
 // syslog::Facility implements neither PartialEq nor Eq.
@@ -123,6 +215,10 @@ impl PartialEq for AlertsConfig {
             && self.syslog_socket == other.syslog_socket
             && self.syslog_facility as i32 == other.syslog_facility as i32
             && self.grace == other.grace
+            && self.resolve_after == other.resolve_after
+            && self.escalate_after == other.escalate_after
+            && self.escalate_failures == other.escalate_failures
+            && self.webhooks == other.webhooks
     }
 }
 
@@ -204,6 +300,17 @@ pub struct PoolConfig {
     /// An endpoint back from down gets its share of new connections gradually over
     /// this. Default 10s; zero turns it off.
     pub slow_start: Duration,
+    /// A heartbeat round trip (smoothed, per endpoint) above this is a `latency`
+    /// incident. Default 0: off.
+    pub rtt_alert: Duration,
+    /// Flap damping: each time an endpoint leaves rotation its penalty grows by one,
+    /// and it halves every `flap_half_life`. Default 1m.
+    pub flap_half_life: Duration,
+    /// Above this penalty the endpoint is damped: kept out of rotation while another
+    /// can serve. Default 3.
+    pub flap_suppress: u32,
+    /// Back in rotation once the penalty decays below this. Default 1.
+    pub flap_reuse: u32,
 }
 
 /// The delivery guarantee for messages a client sends across a heal.
@@ -407,7 +514,7 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 
 fn validate(raw: RawConfig, source: &Source) -> Result<Config, ConfigError> {
     let (daemon, max_connections_span) = validate_daemon(raw.daemon.unwrap_or_default(), source)?;
-    let alerts = validate_alerts(raw.alerts.unwrap_or_default());
+    let alerts = validate_alerts(raw.alerts.unwrap_or_default(), source)?;
     let mut pools = Vec::new();
     let mut paths: HashMap<String, String> = HashMap::new();
     let mut total_min = 0;
@@ -475,8 +582,23 @@ fn validate_daemon(
     Ok((daemon, raw.max_connections.map(|m| m.span())))
 }
 
-fn validate_alerts(raw: RawAlerts) -> AlertsConfig {
-    AlertsConfig {
+fn validate_alerts(raw: RawAlerts, source: &Source) -> Result<AlertsConfig, ConfigError> {
+    let mut webhooks = Vec::new();
+    let mut names = HashSet::new();
+    for (index, table) in raw.webhook.unwrap_or_default().into_iter().enumerate() {
+        let span = table.span();
+        let webhook = validate_webhook(index, table.into_inner())
+            .map_err(|message| source.error(Some(span.clone()), message))?;
+        if !names.insert(webhook.name.clone()) {
+            let message = format!(
+                "two webhooks are named {:?}: give each a distinct name",
+                webhook.name
+            );
+            return Err(source.error(Some(span), message));
+        }
+        webhooks.push(webhook);
+    }
+    Ok(AlertsConfig {
         syslog: raw.syslog.unwrap_or(default::SYSLOG),
         syslog_socket: raw
             .syslog_socket
@@ -485,7 +607,68 @@ fn validate_alerts(raw: RawAlerts) -> AlertsConfig {
             .syslog_facility
             .map_or(default::SYSLOG_FACILITY, |f| f.0),
         grace: raw.grace.map_or(default::GRACE, |d| d.0),
+        resolve_after: raw.resolve_after.map_or(default::RESOLVE_AFTER, |d| d.0),
+        escalate_after: raw.escalate_after.map_or(default::ESCALATE_AFTER, |d| d.0),
+        escalate_failures: raw
+            .escalate_failures
+            .map_or(default::ESCALATE_FAILURES, |n| n.0),
+        webhooks,
+    })
+}
+
+/// One `[[alerts.webhook]]` table; the error names it by its position.
+fn validate_webhook(index: usize, raw: RawWebhook) -> Result<WebhookConfig, String> {
+    let which = format!("webhook {}", index + 1);
+    let Some(WebhookUrl { url, host }) = raw.url else {
+        return Err(format!("{which} has no url: url = \"https://...\" is required"));
+    };
+    let format = raw.format.map_or(default::WEBHOOK_FORMAT, |f| f.0);
+    let routing_key = match (raw.routing_key, raw.routing_key_file) {
+        (Some(_), Some(_)) => {
+            return Err(format!(
+                "{which} sets both routing_key and routing_key_file: keep one"
+            ));
+        }
+        (Some(Text(key)), None) => Some(key),
+        (None, Some(SecretFile(key))) => Some(key),
+        (None, None) => None,
+    };
+    if format == WebhookFormat::PagerDuty && routing_key.as_deref().is_none_or(str::is_empty) {
+        return Err(format!(
+            "{which} has format \"pagerduty\" but no routing_key or routing_key_file: the Events API needs the integration key"
+        ));
     }
+    let mut headers = raw.headers.map_or_else(Vec::new, |h| h.0);
+    for (name, SecretFile(value)) in raw.header_files.map_or_else(Vec::new, |h| h.0) {
+        if headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(&name)) {
+            return Err(format!(
+                "{which} sets header {name} in both headers and header_files"
+            ));
+        }
+        if HeaderValue::from_str(&value).is_err() {
+            return Err(format!(
+                "{which}: the file for header {name} holds a control character or newline"
+            ));
+        }
+        headers.push((name, value));
+    }
+    Ok(WebhookConfig {
+        name: raw.name.map_or(host, |n| n.0),
+        url,
+        format,
+        min_severity: raw
+            .min_severity
+            .map_or(default::WEBHOOK_MIN_SEVERITY, |s| s.0),
+        escalation_only: raw.escalation_only.unwrap_or(false),
+        timeout: raw.timeout.map_or(default::WEBHOOK_TIMEOUT, |d| d.0),
+        headers,
+        routing_key,
+        retries: raw.retries.map_or(default::WEBHOOK_RETRIES, |n| n.0),
+        retry_backoff: raw
+            .retry_backoff
+            .map_or(default::WEBHOOK_RETRY_BACKOFF, |d| d.0),
+        queue: raw.queue.map_or(default::WEBHOOK_QUEUE, |n| n.get()),
+    })
 }
 
 /// Primaries (at least one) and backups, none listed twice.
@@ -593,6 +776,23 @@ fn validate_pool(
         Some(list) => list.into_inner().into_iter().map(|w| w.0).collect(),
     };
 
+    let flap_suppress = raw
+        .flap_suppress
+        .as_ref()
+        .map_or(default::FLAP_SUPPRESS, |n| n.get_ref().0);
+    let flap_reuse = raw.flap_reuse.as_ref().map_or(default::FLAP_REUSE, |n| n.get_ref().0);
+    if flap_reuse >= flap_suppress {
+        let span = raw
+            .flap_reuse
+            .map(|s| s.span())
+            .or(raw.flap_suppress.map(|s| s.span()))
+            .unwrap_or(table_span.clone());
+        let message = format!(
+            "flap_reuse {flap_reuse} must be below flap_suppress {flap_suppress} in pool {name}"
+        );
+        return fail(span, message);
+    }
+
     let pool = PoolConfig {
         path,
         endpoints,
@@ -645,6 +845,12 @@ fn validate_pool(
         idle_timeout: raw.idle_timeout.map_or(default::IDLE_TIMEOUT, |d| d.0),
         weights,
         slow_start: raw.slow_start.map_or(default::SLOW_START, |d| d.0),
+        rtt_alert: raw.rtt_alert.map_or(default::RTT_ALERT, |d| d.0),
+        flap_half_life: raw
+            .flap_half_life
+            .map_or(default::FLAP_HALF_LIFE, |d| d.0),
+        flap_suppress,
+        flap_reuse,
         name,
     };
     let spans = PoolSpans {
@@ -681,6 +887,28 @@ struct RawAlerts {
     syslog_socket: Option<AbsolutePath>,
     syslog_facility: Option<FacilityName>,
     grace: Option<Interval<true>>,
+    resolve_after: Option<Interval<false>>,
+    escalate_after: Option<Interval<true>>,
+    escalate_failures: Option<Count<0>>,
+    webhook: Option<Vec<Spanned<RawWebhook>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    name: Option<Text>,
+    url: Option<WebhookUrl>,
+    format: Option<FormatName>,
+    min_severity: Option<SeverityName>,
+    escalation_only: Option<bool>,
+    timeout: Option<Interval<false>>,
+    headers: Option<Headers>,
+    header_files: Option<HeaderFiles>,
+    routing_key: Option<Text>,
+    routing_key_file: Option<SecretFile>,
+    retries: Option<Count<0>>,
+    retry_backoff: Option<Interval<false>>,
+    queue: Option<Count<1>>,
 }
 
 #[derive(Deserialize)]
@@ -716,6 +944,10 @@ struct RawPool {
     idle_timeout: Option<Interval<false>>,
     weights: Option<Spanned<Vec<Count<1>>>>,
     slow_start: Option<Interval<true>>,
+    rtt_alert: Option<Interval<true>>,
+    flap_half_life: Option<Interval<false>>,
+    flap_suppress: Option<Spanned<Count<1>>>,
+    flap_reuse: Option<Spanned<Count<0>>>,
 }
 
 // ----------------------------------------------------------------------------------
@@ -896,6 +1128,122 @@ impl<'de> Deserialize<'de> for DeliveryName {
                 )),
             }
         })
+    }
+}
+
+/// A webhook's `http://` or `https://` URL, and the host and port it names.
+struct WebhookUrl {
+    url: String,
+    host: String,
+}
+
+impl<'de> Deserialize<'de> for WebhookUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Errors show the URL as written: a token in it may come from ${VAR}.
+        string_value(d, "an http:// or https:// URL", |raw, url| {
+            let head = format!("invalid webhook URL {raw:?}");
+            let uri: Uri = url.parse().map_err(|e| keyed(&head, e))?;
+            let scheme = uri.scheme_str().unwrap_or_default();
+            if scheme != "http" && scheme != "https" {
+                return Err(keyed(head, "expected http:// or https://"));
+            }
+            let Some(authority) = uri.authority() else {
+                return Err(keyed(head, "no host"));
+            };
+            let host = authority.as_str().rsplit('@').next().unwrap_or_default();
+            Ok(WebhookUrl {
+                host: host.to_string(),
+                url,
+            })
+        })
+    }
+}
+
+struct FormatName(WebhookFormat);
+
+impl<'de> Deserialize<'de> for FormatName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        const EXPECTED: &str = "expected \"json\", \"slack\", \"pagerduty\" or \"alertmanager\"";
+        string_value(d, "a webhook format", |_, s| {
+            let format = match s.as_str() {
+                "json" => WebhookFormat::Json,
+                "slack" => WebhookFormat::Slack,
+                "pagerduty" => WebhookFormat::PagerDuty,
+                "alertmanager" => WebhookFormat::Alertmanager,
+                _ => return Err(keyed(format!("unknown webhook format {s:?}"), EXPECTED)),
+            };
+            Ok(FormatName(format))
+        })
+    }
+}
+
+struct SeverityName(Severity);
+
+impl<'de> Deserialize<'de> for SeverityName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_value(d, "a severity", |_, s| {
+            let severity = match s.as_str() {
+                "info" => Severity::Info,
+                "warning" => Severity::Warning,
+                "critical" => Severity::Critical,
+                _ => {
+                    return Err(keyed(
+                        format!("unknown severity {s:?}"),
+                        "expected \"info\", \"warning\" or \"critical\"",
+                    ));
+                }
+            };
+            Ok(SeverityName(severity))
+        })
+    }
+}
+
+/// A secret read from a file while the configuration loads (so `wspoold check` finds a
+/// missing one); surrounding whitespace and the final newline are dropped. Errors name
+/// the file, never its contents.
+struct SecretFile(String);
+
+impl<'de> Deserialize<'de> for SecretFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_value(d, "an absolute path to a file", |_, s| {
+            let path = PathBuf::from(&s);
+            if !path.is_absolute() {
+                return Err(keyed(
+                    format!("invalid path {s:?}"),
+                    "must be absolute: the daemon runs in /",
+                ));
+            }
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| keyed(format!("cannot read secret file {s:?}"), e))?;
+            let secret = text.trim();
+            if secret.is_empty() {
+                return Err(keyed(format!("secret file {s:?} is empty"), "expected the secret"));
+            }
+            Ok(SecretFile(secret.to_string()))
+        })
+    }
+}
+
+/// `header_files`: header names and the files holding their values.
+struct HeaderFiles(Vec<(String, SecretFile)>);
+
+impl<'de> Deserialize<'de> for HeaderFiles {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct FilesVisitor;
+        impl<'de> Visitor<'de> for FilesVisitor {
+            type Value = HeaderFiles;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a table of header names and file paths")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<HeaderFiles, A::Error> {
+                let mut files = Vec::new();
+                while let Some(HeaderKey(name)) = map.next_key()? {
+                    files.push((name, map.next_value()?));
+                }
+                Ok(HeaderFiles(files))
+            }
+        }
+        d.deserialize_map(FilesVisitor)
     }
 }
 

@@ -67,6 +67,10 @@ fn empty_text_gives_every_default() {
             syslog_socket: PathBuf::from("/dev/log"),
             syslog_facility: Facility::LOG_DAEMON,
             grace: Duration::from_secs(5),
+            resolve_after: Duration::from_secs(30),
+            escalate_after: Duration::from_secs(300),
+            escalate_failures: 10,
+            webhooks: Vec::new(),
         }
     );
     assert!(config.pools.is_empty());
@@ -840,7 +844,9 @@ fn key_names_come_from_the_raw_structs() {
             "{key} missing from {keys:?}"
         );
     }
-    assert_eq!(keys.len(), 4 + 4 + 30, "{keys:?}");
+    // daemon 4; alerts 7, and 13 per webhook; pools 34.
+    assert_eq!(keys.len(), 4 + 7 + 13 + 34, "{keys:?}");
+    assert!(keys.contains(&"alerts.webhook.routing_key_file".to_string()));
     assert_eq!(
         keys.iter().collect::<HashSet<_>>().len(),
         keys.len(),
@@ -1009,4 +1015,127 @@ fn session_and_balancing_keys_parse_and_weights_must_match_the_endpoints() {
         "{message}"
     );
     assert_eq!(pool_error("weights = [0]").0, 3);
+}
+
+#[test]
+fn webhooks_parse_with_defaults_and_secrets_from_files() {
+    let dir = std::env::temp_dir().join(format!("wspoold-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("routing-key");
+    let token = dir.join("token");
+    std::fs::write(&key, "R0UT1NG\n").unwrap();
+    std::fs::write(&token, "  Bearer s3cret\n").unwrap();
+    let text = format!(
+        r#"
+[alerts]
+resolve_after = "10s"
+escalate_after = "0s"
+escalate_failures = 0
+
+[[alerts.webhook]]
+url = "https://hooks.example.com:8443/wspoold"
+
+[[alerts.webhook]]
+name = "pager"
+url = "http://127.0.0.1:9/v2/enqueue"
+format = "pagerduty"
+min_severity = "critical"
+escalation_only = true
+timeout = "2s"
+headers = {{ X-Team = "ops" }}
+header_files = {{ Authorization = "{}" }}
+routing_key_file = "{}"
+retries = 0
+retry_backoff = "250ms"
+queue = 8
+"#,
+        token.display(),
+        key.display()
+    );
+    let c = parse(&text).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(c.alerts.resolve_after, Duration::from_secs(10));
+    assert_eq!(c.alerts.escalate_after, Duration::ZERO);
+    assert_eq!(c.alerts.escalate_failures, 0);
+    let [plain, pager] = &c.alerts.webhooks[..] else {
+        panic!("{:?}", c.alerts.webhooks)
+    };
+    assert_eq!(plain.name, "hooks.example.com:8443");
+    assert_eq!(plain.format, WebhookFormat::Json);
+    assert_eq!(plain.min_severity, Severity::Warning);
+    assert!(!plain.escalation_only);
+    assert_eq!(plain.timeout, Duration::from_secs(5));
+    assert_eq!((plain.retries, plain.queue), (6, 256));
+    assert_eq!(pager.name, "pager");
+    assert_eq!(pager.format, WebhookFormat::PagerDuty);
+    assert_eq!(pager.min_severity, Severity::Critical);
+    assert!(pager.escalation_only);
+    assert_eq!(pager.routing_key.as_deref(), Some("R0UT1NG"));
+    assert_eq!(
+        pager.headers,
+        vec![
+            ("X-Team".to_string(), "ops".to_string()),
+            ("Authorization".to_string(), "Bearer s3cret".to_string())
+        ]
+    );
+    assert_eq!(
+        (pager.retries, pager.retry_backoff, pager.queue),
+        (0, Duration::from_millis(250), 8)
+    );
+    let shown = format!("{pager:?}");
+    assert!(!shown.contains("s3cret") && !shown.contains("R0UT1NG"), "{shown}");
+}
+
+#[test]
+fn webhook_mistakes_are_named() {
+    let cases = [
+        ("[[alerts.webhook]]\nformat = \"json\"", "webhook 1 has no url"),
+        (
+            "[[alerts.webhook]]\nurl = \"ftp://x/\"",
+            "invalid webhook URL \"ftp://x/\"",
+        ),
+        (
+            "[[alerts.webhook]]\nurl = \"http://x/\"\nformat = \"teams\"",
+            "unknown webhook format \"teams\"",
+        ),
+        (
+            "[[alerts.webhook]]\nurl = \"http://x/\"\nmin_severity = \"high\"",
+            "unknown severity \"high\"",
+        ),
+        (
+            "[[alerts.webhook]]\nurl = \"http://x/\"\nformat = \"pagerduty\"",
+            "no routing_key or routing_key_file",
+        ),
+        (
+            "[[alerts.webhook]]\nurl = \"http://x/\"\nrouting_key_file = \"/nonexistent/wspoold-key\"",
+            "cannot read secret file \"/nonexistent/wspoold-key\"",
+        ),
+        (
+            "[[alerts.webhook]]\nurl = \"http://x/\"\n[[alerts.webhook]]\nurl = \"http://x/\"",
+            "two webhooks are named \"x\"",
+        ),
+        (
+            "[[alerts.webhook]]\nurl = \"http://x/\"\nsecret = 1",
+            "unknown",
+        ),
+    ];
+    for (text, expected) in cases {
+        let (line, _, message) = error(text);
+        assert!(line >= 1);
+        assert!(message.contains(expected), "{text}\n→ {message}");
+    }
+}
+
+#[test]
+fn flap_damping_and_rtt_alert_parse_and_reuse_must_be_below_suppress() {
+    let p = pool("rtt_alert = \"250ms\"\nflap_half_life = \"30s\"\nflap_suppress = 5\nflap_reuse = 2")
+        .unwrap();
+    assert_eq!(p.rtt_alert, Duration::from_millis(250));
+    assert_eq!(p.flap_half_life, Duration::from_secs(30));
+    assert_eq!((p.flap_suppress, p.flap_reuse), (5, 2));
+    let d = pool("").unwrap();
+    assert_eq!(d.rtt_alert, Duration::ZERO);
+    assert_eq!((d.flap_suppress, d.flap_reuse), (3, 1));
+    let (_, _, message) = pool_error("flap_suppress = 2\nflap_reuse = 2");
+    assert!(message.contains("flap_reuse 2 must be below flap_suppress 2"), "{message}");
 }

@@ -180,7 +180,10 @@ impl fmt::Debug for WebhookConfig {
             .field("escalation_only", &self.escalation_only)
             .field("timeout", &self.timeout)
             .field("headers", &headers)
-            .field("routing_key", &self.routing_key.as_ref().map(|_| "<secret>"))
+            .field(
+                "routing_key",
+                &self.routing_key.as_ref().map(|_| "<secret>"),
+            )
             .field("retries", &self.retries)
             .field("retry_backoff", &self.retry_backoff)
             .field("queue", &self.queue)
@@ -620,7 +623,9 @@ fn validate_alerts(raw: RawAlerts, source: &Source) -> Result<AlertsConfig, Conf
 fn validate_webhook(index: usize, raw: RawWebhook) -> Result<WebhookConfig, String> {
     let which = format!("webhook {}", index + 1);
     let Some(WebhookUrl { url, host }) = raw.url else {
-        return Err(format!("{which} has no url: url = \"https://...\" is required"));
+        return Err(format!(
+            "{which} has no url: url = \"https://...\" is required"
+        ));
     };
     let format = raw.format.map_or(default::WEBHOOK_FORMAT, |f| f.0);
     let routing_key = match (raw.routing_key, raw.routing_key_file) {
@@ -780,7 +785,10 @@ fn validate_pool(
         .flap_suppress
         .as_ref()
         .map_or(default::FLAP_SUPPRESS, |n| n.get_ref().0);
-    let flap_reuse = raw.flap_reuse.as_ref().map_or(default::FLAP_REUSE, |n| n.get_ref().0);
+    let flap_reuse = raw
+        .flap_reuse
+        .as_ref()
+        .map_or(default::FLAP_REUSE, |n| n.get_ref().0);
     if flap_reuse >= flap_suppress {
         let span = raw
             .flap_reuse
@@ -846,9 +854,7 @@ fn validate_pool(
         weights,
         slow_start: raw.slow_start.map_or(default::SLOW_START, |d| d.0),
         rtt_alert: raw.rtt_alert.map_or(default::RTT_ALERT, |d| d.0),
-        flap_half_life: raw
-            .flap_half_life
-            .map_or(default::FLAP_HALF_LIFE, |d| d.0),
+        flap_half_life: raw.flap_half_life.map_or(default::FLAP_HALF_LIFE, |d| d.0),
         flap_suppress,
         flap_reuse,
         name,
@@ -1217,7 +1223,10 @@ impl<'de> Deserialize<'de> for SecretFile {
                 .map_err(|e| keyed(format!("cannot read secret file {s:?}"), e))?;
             let secret = text.trim();
             if secret.is_empty() {
-                return Err(keyed(format!("secret file {s:?} is empty"), "expected the secret"));
+                return Err(keyed(
+                    format!("secret file {s:?} is empty"),
+                    "expected the secret",
+                ));
             }
             Ok(SecretFile(secret.to_string()))
         })

@@ -1083,13 +1083,19 @@ queue = 8
         (0, Duration::from_millis(250), 8)
     );
     let shown = format!("{pager:?}");
-    assert!(!shown.contains("s3cret") && !shown.contains("R0UT1NG"), "{shown}");
+    assert!(
+        !shown.contains("s3cret") && !shown.contains("R0UT1NG"),
+        "{shown}"
+    );
 }
 
 #[test]
 fn webhook_mistakes_are_named() {
     let cases = [
-        ("[[alerts.webhook]]\nformat = \"json\"", "webhook 1 has no url"),
+        (
+            "[[alerts.webhook]]\nformat = \"json\"",
+            "webhook 1 has no url",
+        ),
         (
             "[[alerts.webhook]]\nurl = \"ftp://x/\"",
             "invalid webhook URL \"ftp://x/\"",
@@ -1128,8 +1134,9 @@ fn webhook_mistakes_are_named() {
 
 #[test]
 fn flap_damping_and_rtt_alert_parse_and_reuse_must_be_below_suppress() {
-    let p = pool("rtt_alert = \"250ms\"\nflap_half_life = \"30s\"\nflap_suppress = 5\nflap_reuse = 2")
-        .unwrap();
+    let p =
+        pool("rtt_alert = \"250ms\"\nflap_half_life = \"30s\"\nflap_suppress = 5\nflap_reuse = 2")
+            .unwrap();
     assert_eq!(p.rtt_alert, Duration::from_millis(250));
     assert_eq!(p.flap_half_life, Duration::from_secs(30));
     assert_eq!((p.flap_suppress, p.flap_reuse), (5, 2));
@@ -1137,5 +1144,8 @@ fn flap_damping_and_rtt_alert_parse_and_reuse_must_be_below_suppress() {
     assert_eq!(d.rtt_alert, Duration::ZERO);
     assert_eq!((d.flap_suppress, d.flap_reuse), (3, 1));
     let (_, _, message) = pool_error("flap_suppress = 2\nflap_reuse = 2");
-    assert!(message.contains("flap_reuse 2 must be below flap_suppress 2"), "{message}");
+    assert!(
+        message.contains("flap_reuse 2 must be below flap_suppress 2"),
+        "{message}"
+    );
 }

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod event;
 pub mod faults;
 pub mod health;
+pub mod incident;
 pub mod listener;
 pub mod monitor;
 pub mod pool;

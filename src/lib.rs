@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod demo;
 pub mod event;
 pub mod faults;
+pub mod flap;
 pub mod health;
 pub mod incident;
 pub mod listener;

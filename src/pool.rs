@@ -11,6 +11,7 @@ use crate::config::PoolConfig;
 use crate::event::{
     Cause, Command, ConnId, Event, Notice, Observation, SessionId, Severity, human,
 };
+use crate::flap::{Damping, Penalty};
 use crate::health::{Health, State, Transition};
 
 /// What the monitor must do.
@@ -61,6 +62,19 @@ struct EndpointSlot {
     health: Health,
     connecting: u32,
     connected: u32,
+    /// Flap damping: grows each time it leaves rotation.
+    flap: Penalty,
+    /// Smoothed heartbeat round trip (7/8 old, 1/8 new).
+    srtt: Option<Duration>,
+    /// Above `rtt_alert` (until it falls below four fifths of it).
+    slow: bool,
+}
+
+impl EndpointSlot {
+    /// Up and not damped: new connections may go here.
+    fn in_rotation(&self) -> bool {
+        self.health.state() == State::Up && !self.flap.damped()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -89,6 +103,8 @@ pub struct Pool {
     heal_timeout: Duration,
     idle_timeout: Duration,
     slow_start: Duration,
+    rtt_alert: Duration,
+    damping: Damping,
     /// The highest recent demand (leased + waiting + spare) and until when it holds:
     /// the pool shrinks only after demand stayed below it for `idle_timeout`.
     peak: usize,
@@ -128,6 +144,9 @@ impl Pool {
             ),
             connecting: 0,
             connected: 0,
+            flap: Penalty::new(now),
+            srtt: None,
+            slow: false,
         };
         let endpoints = cfg
             .endpoints
@@ -145,6 +164,12 @@ impl Pool {
             heal_timeout: cfg.heal_timeout,
             idle_timeout: cfg.idle_timeout,
             slow_start: cfg.slow_start,
+            rtt_alert: cfg.rtt_alert,
+            damping: Damping {
+                half_life: cfg.flap_half_life,
+                suppress: f64::from(cfg.flap_suppress),
+                reuse: f64::from(cfg.flap_reuse),
+            },
             peak: 0,
             peak_until: now,
             waiting: VecDeque::new(),
@@ -275,10 +300,21 @@ impl Pool {
 
     /// Timers: backoff expiry, grace periods, warm-up, failback.
     pub fn tick(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
         for slot in &mut self.endpoints {
             slot.health.tick(now);
+            if slot.flap.release(&self.damping, now) {
+                let text = format!(
+                    "endpoint no longer damped: its flap penalty fell below flap_reuse {}; back in rotation",
+                    self.damping.reuse
+                );
+                actions.push(Action::Notice(
+                    Notice::new(Severity::Info, text)
+                        .pool(&self.name)
+                        .endpoint(&slot.url),
+                ));
+            }
         }
-        let mut actions = Vec::new();
         self.after_change(now, &mut actions);
         actions
     }
@@ -470,7 +506,12 @@ impl Pool {
         let warmup = (!self.warm).then_some(self.started + self.warmup);
         let lease = self.waiting.iter().map(|w| w.deadline).min();
         let shrink = (self.peak > self.demand()).then_some(self.peak_until);
+        let release = self
+            .endpoints
+            .iter()
+            .filter_map(|slot| slot.flap.release_at(&self.damping));
         attempts
+            .chain(release)
             .chain(grace)
             .chain(warmup)
             .chain(lease)
@@ -512,6 +553,15 @@ impl Pool {
         };
         let first = !std::mem::replace(&mut conn.proven, true);
         let slot = &mut self.endpoints[conn.endpoint];
+        let srtt = slot.srtt.map_or(rtt, |s| (s * 7 + rtt) / 8);
+        slot.srtt = Some(srtt);
+        if !self.rtt_alert.is_zero() {
+            if srtt > self.rtt_alert {
+                slot.slow = true;
+            } else if srtt < self.rtt_alert * 4 / 5 {
+                slot.slow = false;
+            }
+        }
         if let Some(Transition::Up { from, since }) = slot.health.passed_heartbeat(sent, now) {
             let text = match from {
                 State::Suspect => format!(
@@ -602,6 +652,10 @@ impl Pool {
             format!("connect attempt {id} failed: {cause}")
         };
         let url = self.endpoints[index].url.clone();
+        if before == State::Up && matches!(transition, Some(Transition::Suspect | Transition::Down))
+        {
+            self.flapped(index, now, actions);
+        }
         match transition {
             Some(Transition::Suspect) => {
                 let pinged = match self.ping_endpoint(index, actions) {
@@ -629,8 +683,9 @@ impl Pool {
                     health.failures(),
                     self.elsewhere(index)
                 );
+                // The incident this opens carries the severity.
                 actions.push(Action::Notice(
-                    Notice::new(Severity::Warning, text)
+                    Notice::new(Severity::Info, text)
                         .pool(&self.name)
                         .endpoint(&url),
                 ));
@@ -648,6 +703,32 @@ impl Pool {
             }
             None => {}
         }
+    }
+
+    /// The endpoint left rotation: its flap penalty grows, and past `flap_suppress` it
+    /// is damped.
+    fn flapped(&mut self, index: usize, now: Instant, actions: &mut Vec<Action>) {
+        let slot = &mut self.endpoints[index];
+        if !slot.flap.flap(&self.damping, now) {
+            return;
+        }
+        let release = slot
+            .flap
+            .release_at(&self.damping)
+            .map(|t| human(t.saturating_duration_since(now)))
+            .unwrap_or_default();
+        let text = format!(
+            "endpoint damped: it left rotation {} times (penalty {:.1}, flap_suppress {}); new connections avoid it while another endpoint can serve, for about {release}",
+            slot.flap.flaps(),
+            slot.flap.value(&self.damping, now),
+            self.damping.suppress
+        );
+        let url = slot.url.clone();
+        actions.push(Action::Notice(
+            Notice::new(Severity::Info, text)
+                .pool(&self.name)
+                .endpoint(&url),
+        ));
     }
 
     /// Ask every connected worker of an endpoint to prove itself now.
@@ -668,7 +749,7 @@ impl Pool {
             .endpoints
             .iter()
             .enumerate()
-            .filter(|(i, s)| *i != index && s.health.state() == State::Up)
+            .filter(|(i, s)| *i != index && s.in_rotation())
             .filter(|(_, s)| !s.backup || !self.primary_up())
             .map(|(_, s)| s.url.as_str())
             .collect();
@@ -679,33 +760,36 @@ impl Pool {
         }
     }
 
+    /// A primary is in rotation.
     fn primary_up(&self) -> bool {
-        self.endpoints
-            .iter()
-            .any(|s| !s.backup && s.health.state() == State::Up)
+        self.endpoints.iter().any(|s| !s.backup && s.in_rotation())
     }
 
-    /// The endpoint for the next connection: the least loaded primary that is up, else
-    /// the least loaded backup that is up, else an endpoint whose backoff allows an
-    /// attempt (primaries first). At most `max_connecting` dials per endpoint.
+    /// The endpoint for the next connection: the least loaded primary in rotation, else
+    /// the least loaded backup in rotation, else a damped endpoint that is up, else an
+    /// endpoint whose backoff allows an attempt (primaries first). At most
+    /// `max_connecting` dials per endpoint.
     fn choose(&self, now: Instant) -> Option<usize> {
-        let least_loaded = |backup: bool| {
+        let least_loaded = |usable: &dyn Fn(&EndpointSlot) -> bool| {
             self.endpoints
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| s.backup == backup && s.health.state() == State::Up)
-                .filter(|(_, s)| s.connecting < self.max_connecting)
+                .filter(|(_, s)| usable(s) && s.connecting < self.max_connecting)
                 .map(|(i, s)| (i, self.load(s, now)))
                 .min_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)))
                 .map(|(i, _)| i)
         };
-        // An up endpoint whose dials are all in flight means waiting for them, not
-        // spilling onto backups or endpoints out of rotation.
+        // An endpoint in rotation whose dials are all in flight means waiting for
+        // them, not spilling onto backups or endpoints out of rotation.
         if self.primary_up() {
-            return least_loaded(false);
+            return least_loaded(&|s| !s.backup && s.in_rotation());
         }
+        if self.endpoints.iter().any(EndpointSlot::in_rotation) {
+            return least_loaded(&|s| s.backup && s.in_rotation());
+        }
+        // Only damped endpoints are up: a flapping connection beats none.
         if self.endpoints.iter().any(|s| s.health.state() == State::Up) {
-            return least_loaded(true);
+            return least_loaded(&|s| s.health.state() == State::Up);
         }
         self.endpoints
             .iter()
@@ -713,9 +797,10 @@ impl Pool {
     }
 
     /// An endpoint's load if it took one more connection, against its share: its
-    /// weight, scaled down while it ramps up after coming back (never below a tenth).
+    /// weight, scaled down while it ramps up after coming back (never below a tenth),
+    /// and by its recent record (its flap penalty).
     fn load(&self, slot: &EndpointSlot, now: Instant) -> f64 {
-        let mut weight = f64::from(slot.weight);
+        let mut weight = f64::from(slot.weight) / (1.0 + slot.flap.value(&self.damping, now));
         if let Some(back) = slot.returned {
             let ramp = now.saturating_duration_since(back).as_secs_f64()
                 / self.slow_start.as_secs_f64().max(1e-9);
@@ -797,7 +882,7 @@ impl Pool {
                 let slot = &self.endpoints[c.endpoint];
                 (
                     slot.backup && primary_up,
-                    slot.health.state() != State::Up,
+                    !slot.in_rotation(),
                     slot.connected,
                     **id,
                 )
@@ -822,8 +907,9 @@ impl Pool {
         self.assess(now, actions);
     }
 
-    /// Compare the pool's health with what was last reported and tell the operator
-    /// about changes. Warm-up at start is never an alert.
+    /// Follow the pool's health: warm-up (never an alert), then how long it has been
+    /// below `min`; past the grace period that is a condition of the pool's incident
+    /// (see `conditions`).
     fn assess(&mut self, now: Instant, actions: &mut Vec<Action>) {
         let healthy = self.healthy();
         if healthy != self.last_healthy {
@@ -854,19 +940,7 @@ impl Pool {
             }
         }
         if healthy >= self.min {
-            if let Some(since) = self.below_since.take()
-                && self.reported != Condition::Ok
-            {
-                let text = format!(
-                    "pool recovered: {healthy}/{} healthy connections after {} below min (was {})",
-                    self.min,
-                    human(now.saturating_duration_since(since)),
-                    severity_of(self.reported).label()
-                );
-                actions.push(Action::Notice(
-                    Notice::new(Severity::Info, text).pool(&self.name),
-                ));
-            }
+            self.below_since = None;
             self.reported = Condition::Ok;
             return;
         }
@@ -874,51 +948,17 @@ impl Pool {
         if now.saturating_duration_since(since) < self.grace {
             return;
         }
-        let condition = if healthy == 0 {
+        // The incident this feeds (conditions()) tells the operator.
+        self.reported = if healthy == 0 {
             Condition::Down
         } else {
             Condition::Degraded
         };
-        if condition == self.reported {
-            return;
-        }
-        self.reported = condition;
-        let up: Vec<&str> = self
-            .endpoints
-            .iter()
-            .filter(|s| s.health.state() == State::Up)
-            .map(|s| s.url.as_str())
-            .collect();
-        let doing = if up.is_empty() {
-            "no endpoint is up; probing each on its backoff".to_string()
-        } else {
-            format!("connecting to {}", up.join(", "))
-        };
-        let text = match condition {
-            Condition::Down => format!(
-                "pool down: no healthy connection for {} (min {}); {doing}",
-                human(now.saturating_duration_since(since)),
-                self.min
-            ),
-            _ => format!(
-                "pool degraded: {healthy}/{} healthy connections for {}; {doing}",
-                self.min,
-                human(now.saturating_duration_since(since))
-            ),
-        };
-        actions.push(Action::Notice(
-            Notice::new(severity_of(condition), text).pool(&self.name),
-        ));
     }
 }
 
-fn severity_of(condition: Condition) -> Severity {
-    match condition {
-        Condition::Ok => Severity::Info,
-        Condition::Degraded => Severity::Warning,
-        Condition::Down => Severity::Critical,
-    }
-}
+#[path = "pool_conditions.rs"]
+mod conditions;
 
 #[cfg(test)]
 #[path = "pool_tests.rs"]

@@ -3,6 +3,7 @@
 use super::*;
 use crate::config::Config;
 use crate::event::SessionId;
+use crate::incident::{Active, Kind};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -265,7 +266,7 @@ fn refused() -> Outcome {
 }
 
 #[test]
-fn consecutive_failures_take_an_endpoint_down_with_one_warning_then_probe_one_at_a_time() {
+fn consecutive_failures_take_an_endpoint_down_with_one_line_then_probe_one_at_a_time() {
     let mut r = rig("down_after = 3");
     let spawned = r.connect_all();
     r.take();
@@ -277,19 +278,27 @@ fn consecutive_failures_take_an_endpoint_down_with_one_warning_then_probe_one_at
     let a_refuses = |e: usize| if e == 0 { refused() } else { Outcome::Up };
     let seen = r.run_for(ms(10_000), &a_refuses);
     assert_eq!(r.pool.endpoint_state(0), State::Down);
-    let warnings: Vec<_> = Rig::notices(&seen)
+    let downs: Vec<_> = Rig::notices(&seen)
         .into_iter()
-        .filter(|n| n.severity >= Severity::Warning)
+        .filter(|n| n.text.contains("endpoint down"))
         .collect();
-    assert_eq!(
-        warnings.len(),
-        1,
-        "one alert per state change: {warnings:?}"
-    );
+    assert_eq!(downs.len(), 1, "one line per state change: {downs:?}");
     assert!(
-        warnings[0]
+        downs[0]
             .text
             .contains("endpoint down after 3 consecutive failures")
+    );
+    // The condition the incident follows: one of two primaries out is a warning.
+    let active = r.pool.conditions(r.now);
+    assert_eq!(active.len(), 1, "{active:?}");
+    assert_eq!(active[0].kind, Kind::EndpointDown);
+    assert_eq!(active[0].severity, Severity::Warning);
+    assert!(
+        active[0]
+            .text
+            .contains("(1 of 2 primaries out of rotation)"),
+        "{}",
+        active[0].text
     );
     assert_eq!(r.pool.healthy(), 4, "the other primary carries the pool");
     // Probes to a keep coming, paced: ten seconds at a 1 s backoff ceiling is a handful.
@@ -393,28 +402,48 @@ fn backups_serve_only_while_no_primary_is_up_and_failback_keeps_min() {
 }
 
 #[test]
-fn a_pool_with_no_healthy_connection_is_critical_after_grace_and_recovers_with_info() {
+fn a_pool_with_no_healthy_connection_is_a_critical_condition_after_grace_and_clears() {
     let mut r = rig("down_after = 1");
     let spawned = r.connect_all();
     r.take();
+    assert!(r.pool.conditions(r.now).is_empty(), "a warm, full pool");
     for (id, _) in &spawned {
         r.die(*id, Cause::Reset);
     }
-    let seen = r.run_for(ms(3_000), &|_| refused());
-    let pool_lines: Vec<_> = Rig::notices(&seen)
-        .into_iter()
-        .filter(|n| n.endpoint.is_none())
+    r.settle(&|_| refused());
+    let early: Vec<Kind> = r.pool.conditions(r.now).iter().map(|a| a.kind).collect();
+    assert!(!early.contains(&Kind::PoolDown), "within grace: {early:?}");
+    r.run_for(ms(3_000), &|_| refused());
+    let active = r.pool.conditions(r.now);
+    let pool = active
+        .iter()
+        .find(|a| a.kind == Kind::PoolDown)
+        .expect("pool down");
+    assert_eq!(pool.severity, Severity::Critical);
+    assert!(
+        pool.text
+            .starts_with("pool down: no healthy connection for"),
+        "{}",
+        pool.text
+    );
+    assert_eq!(pool.endpoints.len(), 3, "every endpoint is out: {pool:?}");
+    let down: Vec<&Active> = active
+        .iter()
+        .filter(|a| a.kind == Kind::EndpointDown)
         .collect();
-    assert_eq!(pool_lines.len(), 1, "{pool_lines:?}");
-    assert_eq!(pool_lines[0].severity, Severity::Critical);
-    assert!(pool_lines[0].text.starts_with("pool down"));
-    let seen = r.run_for(ms(3_000), &|_| Outcome::Up);
-    let recovered: Vec<_> = Rig::notices(&seen)
-        .into_iter()
-        .filter(|n| n.text.starts_with("pool recovered"))
-        .collect();
-    assert_eq!(recovered.len(), 1);
-    assert_eq!(recovered[0].severity, Severity::Info);
+    assert_eq!(down.len(), 3);
+    // Primaries warn; the backup is information.
+    let severities: Vec<Severity> = down.iter().map(|a| a.severity).collect();
+    assert_eq!(
+        severities,
+        [Severity::Warning, Severity::Warning, Severity::Info]
+    );
+    r.run_for(ms(3_000), &|_| Outcome::Up);
+    assert!(
+        r.pool.conditions(r.now).is_empty(),
+        "{:?}",
+        r.pool.conditions(r.now)
+    );
 }
 
 #[test]
@@ -710,4 +739,75 @@ fn an_endpoint_back_from_down_gets_its_share_gradually() {
         later[0] - counts[0] > later[1] - counts[1],
         "after the ramp A catches up: {counts:?} then {later:?}"
     );
+}
+
+#[test]
+fn an_endpoint_that_keeps_flapping_is_damped_then_released_after_its_penalty_decays() {
+    let mut r = rig(
+        "down_after = 1\nweights = [10, 1]\nslow_start = \"0s\"\nflap_half_life = \"10s\"\nflap_suppress = 3\nflap_reuse = 1",
+    );
+    r.connect_all();
+    r.take();
+    let mut damped = Vec::new();
+    // A leaves rotation and comes back, again and again, within seconds.
+    for _ in 0..6 {
+        let on = |r: &Rig, e: usize| -> Vec<ConnId> {
+            r.pool
+                .conn_ids()
+                .filter(|id| r.pool.endpoint_of(*id) == Some(e))
+                .collect()
+        };
+        // Move the load onto a (weight 10) by closing b's connections.
+        for id in on(&r, 1) {
+            r.die(id, Cause::Closed(1001, String::new()));
+        }
+        r.settle(&|_| Outcome::Up);
+        for id in on(&r, 0) {
+            r.die(id, Cause::Reset);
+        }
+        let mut seen = r.settle(&|e| if e == 0 { refused() } else { Outcome::Up });
+        seen.extend(r.run_for(ms(2_000), &|_| Outcome::Up));
+        damped.extend(
+            Rig::notices(&seen)
+                .into_iter()
+                .filter(|n| n.text.starts_with("endpoint damped")),
+        );
+        if !damped.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(damped.len(), 1, "{damped:?}");
+    assert_eq!(damped[0].endpoint.as_deref(), Some(r.pool.endpoint_url(0)));
+    // Up, but out of rotation: new connections go to b, and the pool has a
+    // flapping condition.
+    assert_eq!(r.pool.endpoint_state(0), State::Up);
+    let active = r.pool.conditions(r.now);
+    let flapping: Vec<&Active> = active.iter().filter(|a| a.kind == Kind::Flapping).collect();
+    assert_eq!(flapping.len(), 1, "{active:?}");
+    assert_eq!(flapping[0].severity, Severity::Warning);
+    let spawns = Rig::spawns(&r.run_for(ms(1_000), &|_| Outcome::Up));
+    let victims: Vec<_> = r
+        .pool
+        .conn_ids()
+        .filter(|id| r.pool.endpoint_of(*id) == Some(1))
+        .collect();
+    for id in victims.iter().take(2) {
+        r.die(*id, Cause::Closed(1001, String::new()));
+    }
+    let spawns: Vec<_> = spawns
+        .into_iter()
+        .chain(Rig::spawns(&r.run_for(ms(1_000), &|_| Outcome::Up)))
+        .collect();
+    assert!(
+        spawns.iter().all(|(_, e)| *e == 1),
+        "damped a gets nothing: {spawns:?}"
+    );
+    // The penalty decays (half-life 10 s) below flap_reuse within a minute.
+    let seen = r.run_for(ms(60_000), &|_| Outcome::Up);
+    let released = Rig::notices(&seen)
+        .into_iter()
+        .filter(|n| n.text.starts_with("endpoint no longer damped"))
+        .count();
+    assert_eq!(released, 1);
+    assert!(r.pool.conditions(r.now).is_empty());
 }

@@ -12,6 +12,7 @@ pub mod faults;
 pub mod flap;
 pub mod health;
 pub mod incident;
+pub mod journal;
 pub mod listener;
 pub mod monitor;
 pub mod pool;

@@ -886,6 +886,8 @@ fn example_config_shows_the_defaults() {
     let defaults = parse("[pools.market]\nendpoints = [\"wss://a.example.com/ws\"]\n").unwrap();
     assert_eq!(example.daemon, defaults.daemon);
     assert_eq!(example.alerts, defaults.alerts);
+    let flap = |p: &PoolConfig| (p.rtt_alert, p.flap_half_life, p.flap_suppress, p.flap_reuse);
+    assert_eq!(flap(&example.pools[0]), flap(&defaults.pools[0]));
     let (e, d) = (&example.pools[0], &defaults.pools[0]);
     let numbers = |p: &PoolConfig| {
         (
@@ -913,9 +915,11 @@ fn example_config_uses_every_key() {
     let document: toml::Table = toml::from_str(EXAMPLE).unwrap();
     // Keys naming a file that must exist are shown commented out, so that the
     // example still loads on a machine without that file.
+    // Webhooks are shown commented out too: an installed example should not post to
+    // example.com.
     const COMMENTED: &[&str] = &["pools.*.ca_file"];
     for key in key_names() {
-        if COMMENTED.contains(&key.as_str()) {
+        if COMMENTED.contains(&key.as_str()) || key.starts_with("alerts.webhook.") {
             let leaf = key.rsplit('.').next().unwrap();
             assert!(
                 EXAMPLE.contains(&format!("# {leaf} = ")),
@@ -953,9 +957,14 @@ fn man_page_keys() -> HashSet<String> {
     while let Some(line) = lines.next() {
         if let Some(heading) = line.strip_prefix(".SH ") {
             let heading = heading.trim_matches('"');
-            section = match heading.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-                Some(table) => table.replace("NAME", "*"),
-                None => String::new(),
+            // "[alerts]", "[pools.NAME]", "[[alerts.webhook]]".
+            section = if heading.starts_with('[') {
+                heading
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .replace("NAME", "*")
+            } else {
+                String::new()
             };
         } else if line == ".TP" && !section.is_empty() {
             let tag = lines.peek().copied().unwrap_or_default();

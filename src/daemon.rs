@@ -11,6 +11,7 @@ use signal_hook::iterator::Signals;
 use crate::alert::Alerter;
 use crate::config::Config;
 use crate::event::{Control, Notice, Observation, Severity};
+use crate::journal::{Journal, Recovered};
 use crate::listener::{Listener, ListenerHandle};
 use crate::monitor::Monitor;
 
@@ -77,7 +78,11 @@ impl Daemon {
     /// Bind the local bridge, then start the alerter, the monitor (which opens the
     /// pools) and the listener. Fails if `[daemon] listen` cannot be bound.
     pub fn start(config: &Config, options: Options) -> io::Result<Daemon> {
-        let (alerter, alerts) = Alerter::new(&config.alerts, options.stderr);
+        let (journal, recovered, journal_error) = match Journal::open(&config.daemon.state_dir) {
+            Ok((journal, recovered)) => (Some(journal), recovered, None),
+            Err(e) => (None, Recovered::default(), Some(e)),
+        };
+        let (alerter, alerts) = Alerter::new(&config.alerts, journal, options.stderr)?;
         let (clients, clients_rx) = crossbeam_channel::bounded(1024);
         let listener = Listener::bind(config, clients, alerts.clone())?;
         let alerter = alerter.spawn()?;
@@ -93,9 +98,31 @@ impl Daemon {
         if let Some(notice) = raise_descriptor_limit(config.daemon.max_connections) {
             alerts.send(notice);
         }
+        if let Some(e) = journal_error {
+            alerts.send(Notice::new(
+                Severity::Critical,
+                format!(
+                    "cannot open the incident journal: {e}; incidents go to syslog and webhooks but are not journaled, and their ids restart at 1 (check [daemon] state_dir and the unit's StateDirectory=)"
+                ),
+            ));
+        }
+        for warning in recovered.skipped {
+            alerts.send(Notice::new(Severity::Warning, warning));
+        }
+        let now = std::time::SystemTime::now();
+        for record in recovered.open {
+            alerts.incident(record.closed_at_start(now));
+        }
         let (control, control_rx) = crossbeam_channel::bounded(16);
-        let monitor =
-            Monitor::new(config, control_rx, clients_rx, alerts, options.observer).spawn()?;
+        let monitor = Monitor::new(
+            config,
+            control_rx,
+            clients_rx,
+            alerts,
+            options.observer,
+            recovered.next_id.max(1),
+        )
+        .spawn()?;
         let listener = listener.spawn()?;
         Ok(Daemon {
             control,

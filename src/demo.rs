@@ -288,6 +288,17 @@ impl Show {
                     notice.text
                 );
             }
+            Observation::Incident(record) => {
+                println!(
+                    "[{}] wspoold incident {} {} ({}, {}): {}",
+                    self.stamp(Instant::now()),
+                    record.incident,
+                    record.status.label(),
+                    record.severity.label(),
+                    record.kind.label(),
+                    record.text
+                );
+            }
         }
     }
 

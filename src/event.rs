@@ -239,6 +239,8 @@ impl Severity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notice {
     pub severity: Severity,
+    /// The incident it belongs to.
+    pub incident: Option<u64>,
     pub pool: Option<String>,
     pub endpoint: Option<String>,
     pub text: String,
@@ -248,10 +250,16 @@ impl Notice {
     pub fn new(severity: Severity, text: impl Into<String>) -> Notice {
         Notice {
             severity,
+            incident: None,
             pool: None,
             endpoint: None,
             text: text.into(),
         }
+    }
+
+    pub fn incident(mut self, id: u64) -> Notice {
+        self.incident = Some(id);
+        self
     }
 
     pub fn pool(mut self, pool: &str) -> Notice {
@@ -266,11 +274,15 @@ impl Notice {
 }
 
 impl fmt::Display for Notice {
-    /// `pool=market endpoint=ws://a/ws: endpoint down after ...`
+    /// `incident=7 pool=market endpoint=ws://a/ws: endpoint down after ...`
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut sep = "";
+        if let Some(id) = self.incident {
+            write!(f, "incident={id}")?;
+            sep = " ";
+        }
         if let Some(pool) = &self.pool {
-            write!(f, "pool={pool}")?;
+            write!(f, "{sep}pool={pool}")?;
             sep = " ";
         }
         if let Some(endpoint) = &self.endpoint {
@@ -311,6 +323,8 @@ pub enum Observation {
         at: Instant,
     },
     Notice(Notice),
+    /// An incident transition, as journaled.
+    Incident(Box<crate::journal::Record>),
 }
 
 /// A duration for a log line: "0.4ms", "122ms", "1.25s", "17.0s", "2m05s".
@@ -351,6 +365,11 @@ mod tests {
             .pool("market")
             .endpoint("ws://a/");
         assert_eq!(n.to_string(), "pool=market endpoint=ws://a/: endpoint down");
+        let n = n.incident(7);
+        assert_eq!(
+            n.to_string(),
+            "incident=7 pool=market endpoint=ws://a/: endpoint down"
+        );
         assert_eq!(Notice::new(Severity::Info, "hello").to_string(), "hello");
     }
 }

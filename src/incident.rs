@@ -183,6 +183,9 @@ struct Lead {
 #[derive(Debug)]
 struct Open {
     incident: Incident,
+    /// The worst condition holding at the last update (the incident's kind is the
+    /// worst ever seen).
+    current: Kind,
     opened: Instant,
     /// Since when no condition holds.
     healthy_since: Option<Instant>,
@@ -377,6 +380,7 @@ impl Tracker {
         );
         self.open = Some(Open {
             incident,
+            current: worst.kind,
             opened: now,
             healthy_since: None,
             failing: 0,
@@ -389,7 +393,9 @@ impl Tracker {
         let incident = &mut open.incident;
         let before = (incident.kind, incident.severity, incident.endpoints.len());
         let relapse = open.healthy_since.take().is_some();
-        incident.kind = incident.kind.max(worst(active).kind);
+        let current = worst(active).kind;
+        let shifted = std::mem::replace(&mut open.current, current) != current;
+        incident.kind = incident.kind.max(current);
         incident.severity = incident.severity.max(max_severity(active));
         add_endpoints(&mut incident.endpoints, active);
         incident.summary = summary(active);
@@ -403,13 +409,15 @@ impl Tracker {
             );
             return self.emit(Status::Firing, Some(before.1), text, out);
         }
-        if relapse || incident.kind != before.0 || incident.endpoints.len() != before.2 {
+        if relapse || shifted || incident.endpoints.len() != before.2 {
             incident.recovered = None;
             let head = if relapse {
                 format!(
                     "a condition is back before {} of health",
                     human(self.settings.resolve_after)
                 )
+            } else if current < before.0 {
+                format!("better, now {}", current.label())
             } else {
                 "updated".to_string()
             };

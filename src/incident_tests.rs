@@ -106,9 +106,18 @@ fn a_worse_condition_raises_the_severity_and_a_milder_one_does_not() {
             .summary
             .starts_with("pool down; and 1 other")
     );
-    // Back to the milder condition: kind and severity stay at the worst seen.
+    // Back to the milder condition: kind and severity stay at the worst seen, and the
+    // log says it is better.
+    let better = r.at(2.0).update(vec![down("ws://a/", Severity::Info)]);
+    assert_eq!(better.len(), 1);
+    assert_eq!(better[0].status, Status::Updated);
     assert!(
-        r.at(2.0)
+        better[0].text.starts_with("better, now endpoint_down (pool_down)"),
+        "{}",
+        better[0].text
+    );
+    assert!(
+        r.at(2.5)
             .update(vec![down("ws://a/", Severity::Info)])
             .is_empty()
     );

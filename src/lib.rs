@@ -16,6 +16,7 @@ pub mod journal;
 pub mod listener;
 pub mod monitor;
 pub mod pool;
+pub mod review;
 pub mod room;
 pub mod session;
 pub mod upstream;

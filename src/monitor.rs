@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, select};
 
@@ -18,6 +18,8 @@ use crate::event::{
     Cause, Client, Command, ConnId, Control, Event, Notice, Observation, SessionId, Severity,
     ToWorker,
 };
+use crate::incident::{self, Tracker};
+use crate::journal::Record;
 use crate::pool::{Action, Pool};
 use crate::room::{Room, RoomCommand, RoomEvent};
 use crate::upstream;
@@ -92,6 +94,7 @@ struct PoolEntry {
     tls: Arc<rustls::ClientConfig>,
     state: Pool,
     sessions: SessionCounts,
+    incidents: Tracker,
     /// A worker silent this long is stuck.
     stuck_after: Duration,
 }
@@ -118,17 +121,29 @@ pub struct Monitor {
     observer: Option<Sender<Observation>>,
     max_connections: usize,
     at_limit: bool,
+    /// This machine's name, in incident records.
+    host: String,
+    /// The id of the next incident, continued from the journal.
+    next_incident: u64,
 }
 
 impl Monitor {
+    /// `next_incident`: where incident ids continue (from the journal).
     pub fn new(
         config: &Config,
         control: Receiver<Control>,
         clients: Receiver<Client>,
         alerts: Alerts,
         observer: Option<Sender<Observation>>,
+        next_incident: u64,
     ) -> Monitor {
         let now = Instant::now();
+        let epoch = (now, SystemTime::now());
+        let settings = incident::Settings {
+            resolve_after: config.alerts.resolve_after,
+            escalate_after: config.alerts.escalate_after,
+            escalate_failures: config.alerts.escalate_failures,
+        };
         let mut rng = Rng::from_entropy();
         let pools = config
             .pools
@@ -146,6 +161,7 @@ impl Monitor {
                     Rng::new(rng.next_u64()),
                 ),
                 sessions: SessionCounts::default(),
+                incidents: Tracker::new(&cfg.name, settings, epoch),
                 stuck_after: 2 * cfg
                     .connect_timeout
                     .max(cfg.heartbeat_interval + cfg.heartbeat_timeout + cfg.write_timeout)
@@ -171,6 +187,8 @@ impl Monitor {
             observer,
             max_connections: config.daemon.max_connections,
             at_limit: false,
+            host: hostname(),
+            next_incident,
         }
     }
 
@@ -359,7 +377,11 @@ impl Monitor {
                 self.notice(
                     Notice::new(Severity::Critical, text).pool(self.pools[index].state.name()),
                 );
-                let actions = self.pools[index].state.forget(session, Instant::now());
+                let now = Instant::now();
+                self.pools[index]
+                    .incidents
+                    .heal_failed("no thread to hold it while it healed", now);
+                let actions = self.pools[index].state.forget(session, now);
                 self.apply(index, actions);
             }
         }
@@ -371,7 +393,9 @@ impl Monitor {
         close_client(client, 1011, &why);
         let text = format!("session {session} closed with 1011: {why}");
         self.notice(Notice::new(Severity::Critical, text).pool(self.pools[index].state.name()));
-        let actions = self.pools[index].state.forget(session, Instant::now());
+        let now = Instant::now();
+        self.pools[index].incidents.heal_failed(&why, now);
+        let actions = self.pools[index].state.forget(session, now);
         self.apply(index, actions);
     }
 
@@ -400,6 +424,7 @@ impl Monitor {
                 *counts.closed.entry(code).or_default() += 1;
                 if code == 1011 {
                     counts.heal_failed += 1;
+                    self.pools[room.pool].incidents.heal_failed(&why, now);
                 }
                 let text = format!("session {session} ended while healing ({code}): {why}");
                 let severity = if code == 1011 || code == 1008 {
@@ -458,11 +483,17 @@ impl Monitor {
     }
 
     fn apply(&mut self, index: usize, actions: Vec<Action>) {
+        let now = Instant::now();
         for action in actions {
             match action {
                 Action::Spawn { id, endpoint } => self.start_worker(index, id, endpoint),
                 Action::Command(id, command) => self.command(id, command),
-                Action::Notice(notice) => self.notice(notice),
+                Action::Notice(notice) => {
+                    if !notice.text.starts_with("session ") {
+                        self.pools[index].incidents.note(&notice.to_string(), now);
+                    }
+                    self.notice(notice);
+                }
                 Action::Attach { conn, session } => self.attach(index, conn, session),
                 Action::Reject {
                     session,
@@ -471,12 +502,16 @@ impl Monitor {
                 } => {
                     if let Some(client) = self.waiting.remove(&session) {
                         // A room counts its own ending when it closes.
-                        let counts = &mut self.pools[index].sessions;
+                        let entry = &mut self.pools[index];
+                        let counts = &mut entry.sessions;
                         if code == 1013 {
                             counts.refused += 1;
                         } else {
                             counts.heal_failed += u64::from(code == 1011);
                             *counts.closed.entry(code).or_default() += 1;
+                        }
+                        if code == 1011 {
+                            entry.incidents.heal_failed(&reason, now);
                         }
                         close_client(client, code, &reason);
                     } else if let Some(room) = self.rooms.get(&session) {
@@ -486,12 +521,42 @@ impl Monitor {
                 }
             }
         }
+        let observations = self.pools[index].state.take_observations();
+        let tracker = &mut self.pools[index].incidents;
+        for observation in &observations {
+            match observation {
+                Observation::Died {
+                    cause,
+                    at,
+                    last_life,
+                    ..
+                } if *cause != Cause::Retired => {
+                    tracker.died(*at, *last_life, cause.is_connect_failure(), now);
+                }
+                Observation::Connected { .. } => tracker.connected(),
+                _ => {}
+            }
+        }
         if let Some(observer) = &self.observer {
-            for observation in self.pools[index].state.take_observations() {
+            for observation in observations {
                 let _ = observer.send(observation);
             }
-        } else {
-            self.pools[index].state.take_observations();
+        }
+        self.assess(index, now);
+    }
+
+    /// Hold the pool's conditions against its incident; journal, send and log what
+    /// changed.
+    fn assess(&mut self, index: usize, now: Instant) {
+        let entry = &mut self.pools[index];
+        let active = entry.state.conditions(now);
+        let transitions = entry.incidents.update(active, now, &mut self.next_incident);
+        for transition in transitions {
+            let record = Record::new(&transition, &self.host, SystemTime::now());
+            if let Some(observer) = &self.observer {
+                let _ = observer.send(Observation::Incident(Box::new(record.clone())));
+            }
+            self.alerts.incident(record);
         }
     }
 
@@ -589,12 +654,14 @@ impl Monitor {
             .map(|e| pool.endpoint_url(e).to_string())
             .unwrap_or_default();
         let session = client.session;
-        let counts = &mut self.pools[index].sessions;
+        let entry = &mut self.pools[index];
+        let counts = &mut entry.sessions;
         match &client.carry.healing {
             None => counts.attached += 1,
             Some(healing) => {
                 counts.healed += 1;
                 counts.slowest_heal = counts.slowest_heal.max(healing.since.elapsed());
+                entry.incidents.healed(healing.from_endpoint != endpoint);
             }
         }
         let text = match &client.carry.healing {
@@ -723,6 +790,18 @@ impl Monitor {
             format!("shut down: {left_over} of {total} connection(s) did not close in time")
         };
         self.notice(Notice::new(Severity::Info, text));
+    }
+}
+
+/// This machine's name, for incident records; "localhost" if it has none.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into a live local buffer.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    match std::str::from_utf8(&buf[..end]) {
+        Ok(name) if rc == 0 && !name.is_empty() => name.to_string(),
+        _ => "localhost".to_string(),
     }
 }
 

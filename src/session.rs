@@ -40,6 +40,8 @@ pub struct Healing {
     pub cause: Cause,
     /// The connection that died.
     pub from: ConnId,
+    /// Its endpoint, to tell a failover from a heal onto the same endpoint.
+    pub from_endpoint: String,
     /// Messages the dead connection had written but the upstream never acknowledged.
     pub unconfirmed: usize,
     /// Whether those were put back in the backlog (at-least-once) or given up.

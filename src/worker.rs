@@ -279,6 +279,7 @@ impl<'a> Serve<'a> {
             since: now,
             cause: cause.clone(),
             from: self.worker.id,
+            from_endpoint: self.worker.endpoint.url.clone(),
             unconfirmed,
             resent,
             buffered: 0,

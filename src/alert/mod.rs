@@ -1,27 +1,38 @@
-//! The alerter thread: takes notices from the monitor over a bounded queue and writes
-//! them to syslog and, in the foreground, to stderr. The monitor never blocks on it: a
-//! full queue drops the notice, counts it, and the count is logged when room returns.
+//! The alerter thread: takes notices and incident transitions from the monitor and
+//! delivers them. Incident transitions are journaled first (synced), then queued to
+//! each webhook receiver that wants them, then logged; notices go to syslog and, in
+//! the foreground, to stderr. The monitor never blocks on it: notices come over a
+//! bounded queue that drops and counts when full, incident transitions (a handful per
+//! incident) over an unbounded one, so none is lost.
 
+pub mod payload;
 pub mod syslog;
+pub mod webhook;
 
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Sender, TrySendError, select};
 
 use crate::config::AlertsConfig;
 use crate::event::{Notice, Severity};
+use crate::journal::{Journal, Record};
 
 /// Notices waiting for the alerter before new ones are dropped.
 const QUEUE: usize = 4096;
+/// How long shutdown waits for webhook receivers to take what is queued.
+const FLUSH: Duration = Duration::from_secs(5);
 
 /// The monitor's side of the alerter.
 #[derive(Clone)]
 pub struct Alerts {
     tx: Sender<Notice>,
+    incidents: Sender<Box<Record>>,
     dropped: Arc<AtomicU64>,
+    webhooks: Arc<Vec<(String, Arc<webhook::Stats>)>>,
 }
 
 impl Alerts {
@@ -35,35 +46,83 @@ impl Alerts {
         }
     }
 
+    /// Queue an incident transition: journaled, sent to webhooks, logged.
+    pub fn incident(&self, record: Record) {
+        let _ = self.incidents.send(Box::new(record));
+    }
+
     /// Notices dropped because the alerter fell behind.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
+
+    /// Each webhook receiver's name and counters.
+    pub fn webhooks(&self) -> &[(String, Arc<webhook::Stats>)] {
+        &self.webhooks
+    }
 }
 
-/// Where notices go.
+/// Where notices and incidents go.
 pub struct Alerter {
     rx: Receiver<Notice>,
+    incidents: Receiver<Box<Record>>,
+    /// Delivery threads' log lines.
+    reports: Receiver<Notice>,
+    /// Held so that `reports` never disconnects (with no webhook it would, and a
+    /// disconnected channel in `select!` is always ready: a busy loop).
+    _reports_tx: Sender<Notice>,
     dropped: Arc<AtomicU64>,
     reported_dropped: u64,
     syslog: Option<syslog::Sink>,
     stderr: bool,
+    journal: Option<Journal>,
+    /// The journal failed and the operator was told; said again once it works.
+    journal_failing: bool,
+    webhooks: Vec<webhook::Handle>,
 }
 
 impl Alerter {
-    /// Build the alerter and its handle. `stderr` also copies every line to stderr.
-    pub fn new(config: &AlertsConfig, stderr: bool) -> (Alerter, Alerts) {
+    /// Build the alerter and its handle, and start a delivery thread per webhook.
+    /// `stderr` also copies every line to stderr; `journal` is where incidents are
+    /// recorded (none if it could not be opened).
+    pub fn new(
+        config: &AlertsConfig,
+        journal: Option<Journal>,
+        stderr: bool,
+    ) -> std::io::Result<(Alerter, Alerts)> {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+        let (incidents_tx, incidents) = crossbeam_channel::unbounded();
+        let (reports_tx, reports) = crossbeam_channel::bounded(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
-        let syslog = config.syslog.then(|| syslog::Sink::new(config));
+        let webhooks = config
+            .webhooks
+            .iter()
+            .map(|w| webhook::Handle::start(w, reports_tx.clone()))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let stats = webhooks
+            .iter()
+            .map(|w| (w.name.clone(), w.stats.clone()))
+            .collect();
         let alerter = Alerter {
             rx,
+            incidents,
+            reports,
+            _reports_tx: reports_tx,
             dropped: dropped.clone(),
             reported_dropped: 0,
-            syslog,
+            syslog: config.syslog.then(|| syslog::Sink::new(config)),
             stderr,
+            journal,
+            journal_failing: false,
+            webhooks,
         };
-        (alerter, Alerts { tx, dropped })
+        let alerts = Alerts {
+            tx,
+            incidents: incidents_tx,
+            dropped,
+            webhooks: Arc::new(stats),
+        };
+        Ok((alerter, alerts))
     }
 
     pub fn spawn(self) -> std::io::Result<JoinHandle<()>> {
@@ -72,13 +131,119 @@ impl Alerter {
             .spawn(move || self.run())
     }
 
-    /// Deliver until every sender is gone.
+    /// Deliver until every sender is gone, then give webhook receivers a bounded time
+    /// to take what is queued.
     pub fn run(mut self) {
-        while let Ok(notice) = self.rx.recv() {
-            self.report_drops();
+        loop {
+            select! {
+                recv(self.incidents) -> record => match record {
+                    Ok(record) => self.on_incident(*record),
+                    Err(_) => break,
+                },
+                recv(self.rx) -> notice => match notice {
+                    Ok(notice) => {
+                        self.report_drops();
+                        self.deliver(&notice);
+                    }
+                    Err(_) => break,
+                },
+                recv(self.reports) -> notice => {
+                    if let Ok(notice) = notice {
+                        self.deliver(&notice);
+                    }
+                },
+            }
+        }
+        // Every Alerts is gone: both queues are closed; take what is left in them.
+        while let Ok(record) = self.incidents.try_recv() {
+            self.on_incident(*record);
+        }
+        while let Ok(notice) = self.rx.try_recv() {
             self.deliver(&notice);
         }
         self.report_drops();
+        self.flush_webhooks();
+    }
+
+    fn flush_webhooks(&mut self) {
+        for webhook in &self.webhooks {
+            webhook.close();
+        }
+        let deadline = Instant::now() + FLUSH;
+        while self.webhooks.iter().any(|w| !w.is_finished()) && Instant::now() < deadline {
+            if let Ok(notice) = self.reports.recv_timeout(Duration::from_millis(50)) {
+                self.deliver(&notice);
+            }
+        }
+        let mut late = Vec::new();
+        for webhook in self.webhooks.drain(..) {
+            if webhook.is_finished() {
+                webhook.join();
+            } else {
+                late.push(webhook.name.clone());
+            }
+        }
+        while let Ok(notice) = self.reports.try_recv() {
+            self.deliver(&notice);
+        }
+        if !late.is_empty() {
+            let text = format!(
+                "webhook receiver(s) {} still busy after {}s at shutdown: what they had queued is lost",
+                late.join(", "),
+                FLUSH.as_secs()
+            );
+            self.deliver(&Notice::new(Severity::Warning, text));
+        }
+    }
+
+    /// Journal, then webhooks, then syslog: a slow syslog delays neither.
+    fn on_incident(&mut self, record: Record) {
+        self.journal(&record);
+        let record = Arc::new(record);
+        let mut dropped = Vec::new();
+        for webhook in &self.webhooks {
+            if webhook.wants(&record)
+                && let Some(old) = webhook.push(record.clone())
+            {
+                dropped.push((webhook.name.clone(), old));
+            }
+        }
+        self.deliver(&incident_notice(&record));
+        for (name, old) in dropped {
+            let text = format!(
+                "webhook {name}: queue full, dropped incident {} {} ({}) to make room; the receiver is down or slow",
+                old.incident,
+                old.status.label(),
+                old.severity.label()
+            );
+            self.deliver(&Notice::new(Severity::Warning, text).pool(&old.pool));
+        }
+    }
+
+    fn journal(&mut self, record: &Record) {
+        let Some(journal) = &mut self.journal else {
+            return;
+        };
+        match journal.append(record) {
+            Ok(()) if self.journal_failing => {
+                self.journal_failing = false;
+                let text = format!(
+                    "incident journal {} writable again",
+                    journal.path().display()
+                );
+                self.deliver(&Notice::new(Severity::Info, text));
+            }
+            Ok(()) => {}
+            Err(e) if !self.journal_failing => {
+                self.journal_failing = true;
+                let text = format!(
+                    "cannot write the incident journal {}: {e}; incidents still go to syslog and webhooks",
+                    journal.path().display()
+                );
+                self.deliver(&Notice::new(Severity::Critical, text));
+            }
+            Err(_) => {}
+        }
     }
 
     fn report_drops(&mut self) {
@@ -106,4 +271,21 @@ impl Alerter {
             let _ = writeln!(err, "wspoold: {}: {notice}", notice.severity.label());
         }
     }
+}
+
+/// The log line of an incident transition: firing and escalated at the incident's
+/// severity, the rest as information.
+pub fn incident_notice(record: &Record) -> Notice {
+    use crate::incident::Status;
+    let severity = match record.status {
+        Status::Firing | Status::Escalated => record.severity,
+        _ => Severity::Info,
+    };
+    let mut notice = Notice::new(severity, record.text.clone())
+        .incident(record.incident)
+        .pool(&record.pool);
+    if let Some(endpoint) = &record.endpoint {
+        notice = notice.endpoint(endpoint);
+    }
+    notice
 }

@@ -194,8 +194,17 @@ fn every_endpoint_down_is_critical_paced_and_recovers() {
             .count();
         assert!(attempts <= 40, "{attempts} failed attempts in one second");
         up.restart().unwrap();
-        d.wait_notice(SOON, "pool recovered");
         d.wait_healthy(2, SOON);
+        // The other endpoint stays dead: the incident stays open (endpoint_down), but
+        // the pool is no longer down.
+        let update = d.wait_for(SOON, "the incident no longer pool down", |o| {
+            matches!(o, wspoold::event::Observation::Incident(r)
+                if r.text.starts_with("better, now endpoint_down"))
+        });
+        let wspoold::event::Observation::Incident(record) = update else {
+            unreachable!()
+        };
+        assert_ne!(record.status, wspoold::incident::Status::Resolved);
     });
 }
 

@@ -17,6 +17,17 @@ fn cpu_ticks(pid: u32) -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
+/// Kills the daemon if the test fails before it stops it: a panic ends the test
+/// binary, and with it the watchdog thread, but not the child.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a pid we started; harmless if it has exited.
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
+
 #[test]
 fn every_endpoint_down_keeps_the_daemon_near_idle_not_spinning() {
     let dir = std::env::temp_dir().join(format!("wspoold-idle-{}", std::process::id()));
@@ -53,6 +64,7 @@ backoff_max = "500ms"
         .spawn()
         .expect("start wspoold");
     let pid = child.id();
+    let _guard = KillOnDrop(pid);
     // Watchdog: whatever happens below, the daemon is gone within 30 s.
     let watchdog = std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -81,7 +93,8 @@ backoff_max = "500ms"
     );
     assert!(
         seen.iter()
-            .any(|l| l.starts_with("wspoold: critical: pool=down"))
+            .any(|l| l.starts_with("wspoold: critical: incident=1 pool=down ")),
+        "{seen:#?}"
     );
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     let before = cpu_ticks(pid);

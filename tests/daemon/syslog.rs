@@ -29,27 +29,47 @@ fn syslog_lines_carry_level_tag_pool_and_endpoint_once_per_state_change() {
         // daemon facility (3): warning = 3*8+4 = 28, crit = 26, info = 30.
         let down: Vec<&String> = lines
             .iter()
-            .filter(|l| l.contains("endpoint down"))
+            .filter(|l| l.contains("endpoint down after"))
             .collect();
         assert_eq!(
             down.len(),
             1,
             "one line per state change, not per connection: {lines:#?}"
         );
-        assert!(down[0].starts_with("<28>"), "{}", down[0]);
+        assert!(
+            down[0].starts_with("<30>"),
+            "what was done is info: {}",
+            down[0]
+        );
         assert!(down[0].contains(&tag), "{}", down[0]);
         assert!(
             down[0].contains(&format!("pool=p endpoint={}", up.url())),
             "{}",
             down[0]
         );
+        // The incident carries the severity: opened as a warning (the only primary is
+        // down), raised to critical when the pool has no connection past the grace.
+        let firing: Vec<&String> = lines.iter().filter(|l| l.contains("incident=1 ")).collect();
+        assert!(firing[0].starts_with("<28>"), "{}", firing[0]);
+        assert!(
+            firing[0].contains(&format!(
+                "incident=1 pool=p endpoint={}: firing (warning, endpoint_down)",
+                up.url()
+            )),
+            "{}",
+            firing[0]
+        );
         let critical = lines.iter().find(|l| l.contains("pool down")).unwrap();
         assert!(critical.starts_with("<26>"), "{critical}");
-        assert!(critical.contains("pool=p:"), "{critical}");
-        assert!(lines.iter().any(|l| l.starts_with("<30>")), "{lines:#?}");
+        assert!(critical.contains("incident=1 pool=p"), "{critical}");
+        assert!(
+            critical.contains("severity raised from warning to critical (pool_down)"),
+            "{critical}"
+        );
         up.restart().unwrap();
         let lines = log.read_until(SOON, "pool recovered");
         assert!(lines.last().unwrap().starts_with("<30>"));
+        assert!(lines.last().unwrap().contains("incident=1 pool=p"));
         drop(d);
     });
 }

@@ -88,10 +88,19 @@ pub fn config_with(endpoints: &[String], pool: &str, alerts: &str) -> Config {
     } else {
         "min = 2"
     };
+    let state = state_dir();
     let text = format!(
-        "[daemon]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[alerts]\n{alerts}\n\n[pools.p]\nendpoints = [{list}]\n{FAST}\n{min}\n{pool}\n"
+        "[daemon]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n[alerts]\n{alerts}\n\n[pools.p]\nendpoints = [{list}]\n{FAST}\n{min}\n{pool}\n",
+        state.display()
     );
     Config::parse(&text, "test.toml").unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+/// A fresh directory for a test daemon's journal; `Running` removes it when dropped.
+pub fn state_dir() -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("wspoold-test-state-{}-{n}", std::process::id()))
 }
 
 /// A daemon running in this process, and what it observes.
@@ -100,6 +109,8 @@ pub struct Running {
     pub seen: Receiver<Observation>,
     /// Everything observed so far, for failure messages and later checks.
     pub log: Vec<Observation>,
+    /// Its `state_dir`, removed with it if it is a test's.
+    pub state_dir: PathBuf,
 }
 
 pub fn start(config: &Config) -> Running {
@@ -116,6 +127,7 @@ pub fn start(config: &Config) -> Running {
         daemon: Some(daemon),
         seen: rx,
         log: Vec::new(),
+        state_dir: config.daemon.state_dir.clone(),
     }
 }
 
@@ -211,14 +223,17 @@ impl Running {
         (cause, at, last_life)
     }
 
-    /// Wait for a notice whose text contains `text`.
+    /// Wait for a notice whose text contains `text`; an incident transition counts
+    /// as the line it logs.
     pub fn wait_notice(&mut self, within: Duration, text: &str) -> wspoold::event::Notice {
-        match self.wait_for(
-            within,
-            &format!("a notice with {text:?}"),
-            |o| matches!(o, Observation::Notice(n) if n.text.contains(text)),
-        ) {
+        let found = self.wait_for(within, &format!("a notice with {text:?}"), |o| match o {
+            Observation::Notice(n) => n.text.contains(text),
+            Observation::Incident(r) => r.text.contains(text),
+            _ => false,
+        });
+        match found {
             Observation::Notice(n) => n,
+            Observation::Incident(r) => wspoold::alert::incident_notice(&r),
             _ => unreachable!(),
         }
     }
@@ -248,6 +263,10 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.stop();
+        let name = self.state_dir.file_name().unwrap_or_default();
+        if name.to_string_lossy().starts_with("wspoold-test-state-") {
+            let _ = std::fs::remove_dir_all(&self.state_dir);
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! Subcommands and flags: `run`, `check`, `demo`; errors mapped to exit codes
+//! Subcommands and flags: `run`, `check`, `incidents`, `demo`; errors mapped to exit codes
 //! (0 success, 78 configuration, 1 anything else).
 
 use std::path::PathBuf;
@@ -16,6 +16,8 @@ usage: wspoold <command> [options]
 commands:
   run   [--config FILE]   run the daemon in the foreground (logs to stderr and syslog)
   check [--config FILE]   validate the configuration and exit (0 valid, 78 invalid)
+  incidents [--config FILE | --journal FILE] [--since 24h] [--pool NAME] [--json]
+                          the post-incident review, read from the incident journal
   demo  [--seconds N]     run a self-contained demonstration on loopback (default 30 s)
 
 options:
@@ -27,9 +29,22 @@ options:
 /// What the command line asked for.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Command {
-    Run { config: PathBuf },
-    Check { config: PathBuf },
-    Demo { seconds: u64 },
+    Run {
+        config: PathBuf,
+    },
+    Check {
+        config: PathBuf,
+    },
+    Incidents {
+        config: PathBuf,
+        /// Read this journal instead of the configured one.
+        journal: Option<PathBuf>,
+        filter: crate::review::Filter,
+        json: bool,
+    },
+    Demo {
+        seconds: u64,
+    },
     Help,
     Version,
 }
@@ -42,10 +57,13 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     };
     let mut config = PathBuf::from(config::DEFAULT_PATH);
     let mut seconds = 30;
+    let mut journal = None;
+    let mut filter = crate::review::Filter::default();
+    let mut json = false;
     match command.as_str() {
         "-h" | "--help" | "help" => return Ok(Command::Help),
         "-V" | "--version" => return Ok(Command::Version),
-        "run" | "check" | "demo" => {}
+        "run" | "check" | "demo" | "incidents" => {}
         other => return Err(format!("unknown command {other:?}")),
     }
     while let Some(arg) = args.next() {
@@ -62,6 +80,12 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                     .parse()
                     .map_err(|_| format!("--seconds takes a whole number, not {text:?}"))?;
             }
+            "--journal" if command == "incidents" => journal = Some(PathBuf::from(value(arg)?)),
+            "--since" if command == "incidents" => {
+                filter.since = Some(crate::review::parse_since(&value(arg)?)?);
+            }
+            "--pool" if command == "incidents" => filter.pool = Some(value(arg)?),
+            "--json" if command == "incidents" => json = true,
             "-h" | "--help" => return Ok(Command::Help),
             other => return Err(format!("unknown option {other:?} for {command}")),
         }
@@ -69,6 +93,12 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     Ok(match command.as_str() {
         "run" => Command::Run { config },
         "check" => Command::Check { config },
+        "incidents" => Command::Incidents {
+            config,
+            journal,
+            filter,
+            json,
+        },
         _ => Command::Demo { seconds },
     })
 }
@@ -120,6 +150,12 @@ pub fn main(args: &[String]) -> i32 {
                 }
             }
         }
+        Command::Incidents {
+            config,
+            journal,
+            filter,
+            json,
+        } => incidents(&config, journal, &filter, json),
         Command::Demo { seconds } => match crate::demo::run(seconds) {
             Ok(()) => 0,
             Err(e) => {
@@ -127,6 +163,60 @@ pub fn main(args: &[String]) -> i32 {
                 EXIT_FAILURE
             }
         },
+    }
+}
+
+/// `wspoold incidents`: read the journal (the configured one unless `--journal`), print
+/// the review.
+fn incidents(
+    config: &std::path::Path,
+    journal: Option<PathBuf>,
+    filter: &crate::review::Filter,
+    json: bool,
+) -> i32 {
+    let path = match journal {
+        Some(path) => path,
+        None => match Config::load(config) {
+            Ok(cfg) => cfg.daemon.state_dir.join(crate::journal::FILE),
+            Err(e) => return config_failure(&e),
+        },
+    };
+    let records = match crate::journal::read(&path) {
+        Ok((records, skipped)) => {
+            for warning in skipped {
+                eprintln!("wspoold: warning: {warning}");
+            }
+            records
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "wspoold: no incident journal at {} yet: no incident has been recorded",
+                path.display()
+            );
+            Vec::new()
+        }
+        Err(e) => {
+            eprintln!("wspoold: cannot read {}: {e}", path.display());
+            return EXIT_FAILURE;
+        }
+    };
+    let review = crate::review::review(&records, filter, std::time::SystemTime::now());
+    let mut out = std::io::stdout().lock();
+    let written = if json {
+        serde_json::to_writer_pretty(&mut out, &review)
+            .map_err(std::io::Error::other)
+            .and_then(|()| std::io::Write::write_all(&mut out, b"\n"))
+    } else {
+        crate::review::print_table(&review, &mut out)
+    };
+    match written {
+        Ok(()) => 0,
+        // A closed pipe (`| head`) is not a failure worth a message.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+        Err(e) => {
+            eprintln!("wspoold: {e}");
+            EXIT_FAILURE
+        }
     }
 }
 
@@ -161,6 +251,20 @@ mod tests {
             parse(&args("demo --seconds 5")),
             Ok(Command::Demo { seconds: 5 })
         );
+        assert_eq!(
+            parse(&args(
+                "incidents --journal /tmp/j --since 2h --pool market --json"
+            )),
+            Ok(Command::Incidents {
+                config: config::DEFAULT_PATH.into(),
+                journal: Some("/tmp/j".into()),
+                filter: crate::review::Filter {
+                    since: Some(std::time::Duration::from_secs(7200)),
+                    pool: Some("market".into()),
+                },
+                json: true,
+            })
+        );
     }
 
     #[test]
@@ -174,5 +278,11 @@ mod tests {
         );
         assert!(parse(&args("demo --config x")).is_err());
         assert!(parse(&args("demo --seconds soon")).is_err());
+        assert!(parse(&args("run --json")).is_err());
+        assert!(
+            parse(&args("incidents --since soon"))
+                .unwrap_err()
+                .contains("--since takes a duration")
+        );
     }
 }

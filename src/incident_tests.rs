@@ -112,7 +112,9 @@ fn a_worse_condition_raises_the_severity_and_a_milder_one_does_not() {
     assert_eq!(better.len(), 1);
     assert_eq!(better[0].status, Status::Updated);
     assert!(
-        better[0].text.starts_with("better, now endpoint_down (pool_down)"),
+        better[0]
+            .text
+            .starts_with("better, now endpoint_down (pool_down)"),
         "{}",
         better[0].text
     );

@@ -8,5 +8,7 @@ mod failover;
 mod faults;
 mod heal;
 mod idle;
+mod incidents;
+mod receiver;
 mod syslog;
 mod util;

@@ -1,9 +1,10 @@
 //! The alerter thread: takes notices and incident transitions from the monitor and
 //! delivers them. Incident transitions are journaled first (synced), then queued to
-//! each webhook receiver that wants them, then logged; notices go to syslog and, in
-//! the foreground, to stderr. The monitor never blocks on it: notices come over a
-//! bounded queue that drops and counts when full, incident transitions (a handful per
-//! incident) over an unbounded one, so none is lost.
+//! each webhook receiver that wants them, then logged. Lines go to a log thread of
+//! their own that writes syslog and, in the foreground, stderr: a syslog daemon that
+//! stops reading blocks only that thread. Nothing blocks the monitor: notices come
+//! over a bounded queue that drops and counts when full, incident transitions (a
+//! handful per incident) over an unbounded one, so none is lost.
 
 pub mod payload;
 pub mod syslog;
@@ -73,8 +74,10 @@ pub struct Alerter {
     _reports_tx: Sender<Notice>,
     dropped: Arc<AtomicU64>,
     reported_dropped: u64,
-    syslog: Option<syslog::Sink>,
-    stderr: bool,
+    /// To the log thread; lines it has no room for are counted in `log_dropped`.
+    log: Sender<Notice>,
+    log_dropped: u64,
+    log_thread: Option<JoinHandle<()>>,
     journal: Option<Journal>,
     /// The journal failed and the operator was told; said again once it works.
     journal_failing: bool,
@@ -103,6 +106,15 @@ impl Alerter {
             .iter()
             .map(|w| (w.name.clone(), w.stats.clone()))
             .collect();
+        let (log, lines) = crossbeam_channel::bounded(QUEUE);
+        let writer = LogWriter {
+            lines,
+            syslog: config.syslog.then(|| syslog::Sink::new(config)),
+            stderr,
+        };
+        let log_thread = std::thread::Builder::new()
+            .name("log".into())
+            .spawn(move || writer.run())?;
         let alerter = Alerter {
             rx,
             incidents,
@@ -110,8 +122,9 @@ impl Alerter {
             _reports_tx: reports_tx,
             dropped: dropped.clone(),
             reported_dropped: 0,
-            syslog: config.syslog.then(|| syslog::Sink::new(config)),
-            stderr,
+            log,
+            log_dropped: 0,
+            log_thread: Some(log_thread),
             journal,
             journal_failing: false,
             webhooks,
@@ -163,6 +176,20 @@ impl Alerter {
         }
         self.report_drops();
         self.flush_webhooks();
+        // The log thread ends once its queue is closed and empty; a syslog that
+        // stalls costs it a second a line at most, and shutdown waits for it only so
+        // long.
+        let (closed, _) = crossbeam_channel::bounded(0);
+        drop(std::mem::replace(&mut self.log, closed));
+        if let Some(thread) = self.log_thread.take() {
+            let deadline = Instant::now() + FLUSH;
+            while !thread.is_finished() && Instant::now() < deadline {
+                std::thread::park_timeout(Duration::from_millis(10));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
     }
 
     fn flush_webhooks(&mut self) {
@@ -258,17 +285,49 @@ impl Alerter {
         }
     }
 
+    /// Hand a line to the log thread; if it is behind, count the line and say so
+    /// once it has room again.
     fn deliver(&mut self, notice: &Notice) {
-        let mut fell_back = None;
-        if let Some(sink) = &mut self.syslog {
-            fell_back = sink.send(notice);
-        }
-        if self.stderr || fell_back.is_some() {
-            let mut err = std::io::stderr().lock();
-            if let Some(why) = fell_back.flatten() {
-                let _ = writeln!(err, "wspoold: warning: {why}");
+        if self.log_dropped > 0 {
+            let text = format!(
+                "{} log line(s) dropped: syslog or stderr was not taking them",
+                self.log_dropped
+            );
+            if self
+                .log
+                .try_send(Notice::new(Severity::Warning, text))
+                .is_ok()
+            {
+                self.log_dropped = 0;
             }
-            let _ = writeln!(err, "wspoold: {}: {notice}", notice.severity.label());
+        }
+        if self.log.try_send(notice.clone()).is_err() {
+            self.log_dropped += 1;
+        }
+    }
+}
+
+/// The log thread: syslog first, stderr in the foreground or when syslog fails.
+struct LogWriter {
+    lines: Receiver<Notice>,
+    syslog: Option<syslog::Sink>,
+    stderr: bool,
+}
+
+impl LogWriter {
+    fn run(mut self) {
+        while let Ok(notice) = self.lines.recv() {
+            let mut fell_back = None;
+            if let Some(sink) = &mut self.syslog {
+                fell_back = sink.send(&notice);
+            }
+            if self.stderr || fell_back.is_some() {
+                let mut err = std::io::stderr().lock();
+                if let Some(why) = fell_back.flatten() {
+                    let _ = writeln!(err, "wspoold: warning: {why}");
+                }
+                let _ = writeln!(err, "wspoold: {}: {notice}", notice.severity.label());
+            }
         }
     }
 }

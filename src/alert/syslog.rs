@@ -12,6 +12,9 @@ use crate::event::{Notice, Severity};
 
 /// How often a broken or missing socket is tried again.
 const RETRY: Duration = Duration::from_secs(5);
+/// A syslog daemon that takes no line for this long is treated as broken (lines go to
+/// stderr until the next try), so a stalled one cannot hold the log thread.
+const SEND_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub struct Sink {
     path: PathBuf,
@@ -50,6 +53,15 @@ impl Sink {
         }
         match syslog::unix_custom(formatter, &self.path) {
             Ok(logger) => {
+                match &logger.backend {
+                    LoggerBackend::Unix(socket) => {
+                        let _ = socket.set_write_timeout(Some(SEND_TIMEOUT));
+                    }
+                    LoggerBackend::UnixStream(stream) => {
+                        let _ = stream.get_ref().set_write_timeout(Some(SEND_TIMEOUT));
+                    }
+                    _ => {}
+                }
                 self.logger = Some(logger);
                 Ok(())
             }

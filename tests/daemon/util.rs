@@ -294,20 +294,23 @@ impl Syslog {
 
     /// Lines received until one contains `text` (within `within`); all of them.
     pub fn read_until(&self, within: Duration, text: &str) -> Vec<String> {
+        self.read_until_all(within, &[text])
+    }
+
+    /// Lines received until each of `texts` has been in one (within `within`).
+    pub fn read_until_all(&self, within: Duration, texts: &[&str]) -> Vec<String> {
         let deadline = Instant::now() + within;
-        let mut lines = Vec::new();
+        let mut lines: Vec<String> = Vec::new();
         let mut buf = [0u8; 8192];
         while Instant::now() < deadline {
             if let Ok(n) = self.socket.recv(&mut buf) {
-                let line = String::from_utf8_lossy(&buf[..n]).to_string();
-                let done = line.contains(text);
-                lines.push(line);
-                if done {
+                lines.push(String::from_utf8_lossy(&buf[..n]).to_string());
+                if texts.iter().all(|t| lines.iter().any(|l| l.contains(t))) {
                     return lines;
                 }
             }
         }
-        panic!("no syslog line with {text:?} within {within:?}; got {lines:#?}");
+        panic!("no syslog lines with all of {texts:?} within {within:?}; got {lines:#?}");
     }
 }
 

@@ -484,6 +484,23 @@ impl Monitor {
 
     fn apply(&mut self, index: usize, actions: Vec<Action>) {
         let now = Instant::now();
+        // Deaths first: the first one starts the timeline its notice belongs to.
+        let observations = self.pools[index].state.take_observations();
+        let tracker = &mut self.pools[index].incidents;
+        for observation in &observations {
+            match observation {
+                Observation::Died {
+                    cause,
+                    at,
+                    last_life,
+                    ..
+                } if *cause != Cause::Retired => {
+                    tracker.died(*at, *last_life, cause.is_connect_failure(), now);
+                }
+                Observation::Connected { .. } => tracker.connected(),
+                _ => {}
+            }
+        }
         for action in actions {
             match action {
                 Action::Spawn { id, endpoint } => self.start_worker(index, id, endpoint),
@@ -519,22 +536,6 @@ impl Monitor {
                         room.wake.signal();
                     }
                 }
-            }
-        }
-        let observations = self.pools[index].state.take_observations();
-        let tracker = &mut self.pools[index].incidents;
-        for observation in &observations {
-            match observation {
-                Observation::Died {
-                    cause,
-                    at,
-                    last_life,
-                    ..
-                } if *cause != Cause::Retired => {
-                    tracker.died(*at, *last_life, cause.is_connect_failure(), now);
-                }
-                Observation::Connected { .. } => tracker.connected(),
-                _ => {}
             }
         }
         if let Some(observer) = &self.observer {

@@ -248,6 +248,10 @@ pub struct PoolConfig {
     pub heartbeat_interval: Duration,
     /// A ping unanswered this long kills the connection. Default 2s.
     pub heartbeat_timeout: Duration,
+    /// With a value below `heartbeat_timeout`, each endpoint's timeout adapts to its
+    /// observed round trips between this and `heartbeat_timeout`. Default: equal to
+    /// `heartbeat_timeout` (no adaptation).
+    pub heartbeat_timeout_min: Duration,
     /// Pending output that has not drained for this long is a write stall. Default 5s.
     pub write_timeout: Duration,
     /// First reconnect delay of a failing endpoint. Default 100ms.
@@ -801,6 +805,22 @@ fn validate_pool(
         return fail(span, message);
     }
 
+    let heartbeat_timeout = raw
+        .heartbeat_timeout
+        .map_or(default::HEARTBEAT_TIMEOUT, |d| d.0);
+    let heartbeat_timeout_min = match raw.heartbeat_timeout_min {
+        None => heartbeat_timeout,
+        Some(min) if min.get_ref().0 > heartbeat_timeout => {
+            let message = format!(
+                "heartbeat_timeout_min {} is above heartbeat_timeout {} in pool {name}",
+                format_duration(min.get_ref().0),
+                format_duration(heartbeat_timeout)
+            );
+            return fail(min.span(), message);
+        }
+        Some(min) => min.into_inner().0,
+    };
+
     let pool = PoolConfig {
         path,
         endpoints,
@@ -813,9 +833,8 @@ fn validate_pool(
         heartbeat_interval: raw
             .heartbeat_interval
             .map_or(default::HEARTBEAT_INTERVAL, |d| d.0),
-        heartbeat_timeout: raw
-            .heartbeat_timeout
-            .map_or(default::HEARTBEAT_TIMEOUT, |d| d.0),
+        heartbeat_timeout,
+        heartbeat_timeout_min,
         write_timeout: raw.write_timeout.map_or(default::WRITE_TIMEOUT, |d| d.0),
         backoff_base,
         backoff_max,
@@ -928,6 +947,7 @@ struct RawPool {
     connect_timeout: Option<Interval<false>>,
     heartbeat_interval: Option<Interval<false>>,
     heartbeat_timeout: Option<Interval<false>>,
+    heartbeat_timeout_min: Option<Spanned<Interval<false>>>,
     write_timeout: Option<Interval<false>>,
     backoff_base: Option<Spanned<Interval<false>>>,
     backoff_max: Option<Spanned<Interval<false>>>,

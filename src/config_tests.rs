@@ -844,8 +844,8 @@ fn key_names_come_from_the_raw_structs() {
             "{key} missing from {keys:?}"
         );
     }
-    // daemon 4; alerts 7, and 13 per webhook; pools 34.
-    assert_eq!(keys.len(), 4 + 7 + 13 + 34, "{keys:?}");
+    // daemon 4; alerts 7, and 13 per webhook; pools 35.
+    assert_eq!(keys.len(), 4 + 7 + 13 + 35, "{keys:?}");
     assert!(keys.contains(&"alerts.webhook.routing_key_file".to_string()));
     assert_eq!(
         keys.iter().collect::<HashSet<_>>().len(),
@@ -1152,6 +1152,17 @@ fn flap_damping_and_rtt_alert_parse_and_reuse_must_be_below_suppress() {
     let d = pool("").unwrap();
     assert_eq!(d.rtt_alert, Duration::ZERO);
     assert_eq!((d.flap_suppress, d.flap_reuse), (3, 1));
+    let adaptive = pool("heartbeat_timeout_min = \"100ms\"").unwrap();
+    assert_eq!(adaptive.heartbeat_timeout_min, Duration::from_millis(100));
+    assert_eq!(
+        d.heartbeat_timeout_min, d.heartbeat_timeout,
+        "off by default"
+    );
+    let (_, _, message) = pool_error("heartbeat_timeout_min = \"3s\"");
+    assert!(
+        message.contains("heartbeat_timeout_min 3s is above heartbeat_timeout 2s"),
+        "{message}"
+    );
     let (_, _, message) = pool_error("flap_suppress = 2\nflap_reuse = 2");
     assert!(
         message.contains("flap_reuse 2 must be below flap_suppress 2"),

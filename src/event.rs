@@ -171,6 +171,8 @@ pub enum Command {
     PingNow,
     /// Close the connection with this code and reason, then exit.
     Close(u16, String),
+    /// Use this heartbeat timeout from now on (it adapts to the endpoint's round trips).
+    HeartbeatTimeout(Duration),
 }
 
 /// Identifies one local client's session for the daemon's lifetime.

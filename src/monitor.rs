@@ -577,7 +577,7 @@ impl Monitor {
             return;
         }
         self.at_limit = false;
-        let shared = match Shared::new() {
+        let shared = match Shared::new(entry.state.heartbeat_timeout(endpoint)) {
             Ok(shared) => Arc::new(shared),
             Err(e) => return self.spawn_failed(index, id, e),
         };

@@ -64,8 +64,15 @@ struct EndpointSlot {
     connected: u32,
     /// Flap damping: grows each time it leaves rotation.
     flap: Penalty,
-    /// Smoothed heartbeat round trip (7/8 old, 1/8 new).
+    /// Smoothed heartbeat round trip (7/8 old, 1/8 new) and its variation (3/4 old,
+    /// 1/4 new), as TCP keeps them (RFC 6298).
     srtt: Option<Duration>,
+    rttvar: Duration,
+    /// Its heartbeat timeout: adapted to the round trips within the pool's bounds.
+    timeout: Duration,
+    /// The timeout last logged, and last handed to its connections.
+    timeout_told: Duration,
+    timeout_sent: Duration,
     /// Above `rtt_alert` (until it falls below four fifths of it).
     slow: bool,
 }
@@ -104,6 +111,8 @@ pub struct Pool {
     idle_timeout: Duration,
     slow_start: Duration,
     rtt_alert: Duration,
+    /// Bounds of the adaptive heartbeat timeout (equal: no adaptation).
+    timeout_bounds: (Duration, Duration),
     damping: Damping,
     /// The highest recent demand (leased + waiting + spare) and until when it holds:
     /// the pool shrinks only after demand stayed below it for `idle_timeout`.
@@ -146,6 +155,10 @@ impl Pool {
             connected: 0,
             flap: Penalty::new(now),
             srtt: None,
+            rttvar: Duration::ZERO,
+            timeout: cfg.heartbeat_timeout,
+            timeout_told: cfg.heartbeat_timeout,
+            timeout_sent: cfg.heartbeat_timeout,
             slow: false,
         };
         let endpoints = cfg
@@ -165,6 +178,7 @@ impl Pool {
             idle_timeout: cfg.idle_timeout,
             slow_start: cfg.slow_start,
             rtt_alert: cfg.rtt_alert,
+            timeout_bounds: (cfg.heartbeat_timeout_min, cfg.heartbeat_timeout),
             damping: Damping {
                 half_life: cfg.flap_half_life,
                 suppress: f64::from(cfg.flap_suppress),
@@ -215,6 +229,17 @@ impl Pool {
 
     pub fn endpoint_url(&self, endpoint: usize) -> &str {
         &self.endpoints[endpoint].url
+    }
+
+    /// The heartbeat timeout of an endpoint's connections now.
+    pub fn heartbeat_timeout(&self, endpoint: usize) -> Duration {
+        self.endpoints[endpoint].timeout
+    }
+
+    /// Whether heartbeat timeouts adapt (`heartbeat_timeout_min` below
+    /// `heartbeat_timeout`).
+    pub fn adaptive_timeouts(&self) -> bool {
+        self.timeout_bounds.0 < self.timeout_bounds.1
     }
 
     pub fn endpoint_state(&self, endpoint: usize) -> State {
@@ -552,16 +577,9 @@ impl Pool {
             return false;
         };
         let first = !std::mem::replace(&mut conn.proven, true);
-        let slot = &mut self.endpoints[conn.endpoint];
-        let srtt = slot.srtt.map_or(rtt, |s| (s * 7 + rtt) / 8);
-        slot.srtt = Some(srtt);
-        if !self.rtt_alert.is_zero() {
-            if srtt > self.rtt_alert {
-                slot.slow = true;
-            } else if srtt < self.rtt_alert * 4 / 5 {
-                slot.slow = false;
-            }
-        }
+        let endpoint = conn.endpoint;
+        self.round_trip(endpoint, rtt, actions);
+        let slot = &mut self.endpoints[endpoint];
         if let Some(Transition::Up { from, since }) = slot.health.passed_heartbeat(sent, now) {
             let text = match from {
                 State::Suspect => format!(
@@ -595,6 +613,65 @@ impl Pool {
             return true;
         }
         first
+    }
+
+    /// Fold a heartbeat's round trip into its endpoint's smoothed figures (as TCP keeps
+    /// them, RFC 6298), mark it slow above `rtt_alert`, and adapt its heartbeat
+    /// timeout: four round trips, or the round trip plus four variations, whichever is
+    /// longer (a pong late by that much is not just jitter), within the bounds. The
+    /// endpoint's connections are told when it moves by a tenth (before the log line,
+    /// which follows when it halves or doubles).
+    fn round_trip(&mut self, endpoint: usize, rtt: Duration, actions: &mut Vec<Action>) {
+        let slot = &mut self.endpoints[endpoint];
+        let srtt = match slot.srtt {
+            None => {
+                slot.rttvar = rtt / 2;
+                rtt
+            }
+            Some(old) => {
+                slot.rttvar = (slot.rttvar * 3 + old.abs_diff(rtt)) / 4;
+                (old * 7 + rtt) / 8
+            }
+        };
+        slot.srtt = Some(srtt);
+        if !self.rtt_alert.is_zero() {
+            if srtt > self.rtt_alert {
+                slot.slow = true;
+            } else if srtt < self.rtt_alert * 4 / 5 {
+                slot.slow = false;
+            }
+        }
+        let (low, high) = self.timeout_bounds;
+        if low >= high {
+            return;
+        }
+        let timeout = (srtt * 4).max(srtt + slot.rttvar * 4).clamp(low, high);
+        slot.timeout = timeout;
+        let ratio = |of: Duration| timeout.as_secs_f64() / of.as_secs_f64().max(1e-9);
+        if !(0.9..1.1).contains(&ratio(slot.timeout_sent)) {
+            slot.timeout_sent = timeout;
+            for (id, c) in &self.conns {
+                if c.endpoint == endpoint && !c.retiring {
+                    actions.push(Action::Command(*id, Command::HeartbeatTimeout(timeout)));
+                }
+            }
+        }
+        if !(0.5..2.0).contains(&ratio(slot.timeout_told)) {
+            slot.timeout_told = timeout;
+            let text = format!(
+                "heartbeat timeout adapted to {} (round trip {} smoothed, variation {}; bounds {} to {})",
+                human(timeout),
+                human(srtt),
+                human(slot.rttvar),
+                human(low),
+                human(high)
+            );
+            actions.push(Action::Notice(
+                Notice::new(Severity::Info, text)
+                    .pool(&self.name)
+                    .endpoint(&slot.url),
+            ));
+        }
     }
 
     fn died(

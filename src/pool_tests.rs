@@ -811,3 +811,41 @@ fn an_endpoint_that_keeps_flapping_is_damped_then_released_after_its_penalty_dec
     assert_eq!(released, 1);
     assert!(r.pool.conditions(r.now).is_empty());
 }
+
+#[test]
+fn heartbeat_timeouts_adapt_to_each_endpoints_round_trips_within_the_bounds() {
+    let mut r = rig("heartbeat_timeout_min = \"100ms\"\nheartbeat_timeout = \"2s\"");
+    assert!(r.pool.adaptive_timeouts());
+    let spawned = r.connect_all();
+    // connect_all answered one heartbeat each in 1 ms: both endpoints at the floor.
+    assert_eq!(r.pool.heartbeat_timeout(0), ms(100));
+    assert_eq!(r.pool.heartbeat_timeout(1), ms(100));
+    let adapted = Rig::notices(&r.take())
+        .into_iter()
+        .filter(|n| n.text.starts_with("heartbeat timeout adapted to 100ms"))
+        .count();
+    assert_eq!(adapted, 2, "one line per endpoint");
+    // b's round trips grow to 300 ms: its timeout follows, a's does not.
+    let on_b: Vec<ConnId> = spawned
+        .iter()
+        .filter(|(_, e)| *e == 1)
+        .map(|(id, _)| *id)
+        .collect();
+    for _ in 0..20 {
+        for id in &on_b {
+            r.event(Event::Heartbeat {
+                id: *id,
+                sent: r.now,
+                rtt: Some(ms(300)),
+            });
+        }
+    }
+    let b = r.pool.heartbeat_timeout(1);
+    assert!((ms(1_000)..=ms(2_000)).contains(&b), "{b:?}");
+    assert_eq!(r.pool.heartbeat_timeout(0), ms(100));
+    // Without heartbeat_timeout_min, nothing adapts.
+    let mut plain = rig("");
+    plain.connect_all();
+    assert!(!plain.pool.adaptive_timeouts());
+    assert_eq!(plain.pool.heartbeat_timeout(0), Duration::from_secs(2));
+}

@@ -73,15 +73,23 @@ pub struct Shared {
     /// Set by the monitor when it gave up on a stuck worker: exit quietly if you return.
     pub abandoned: AtomicBool,
     pub wake: Wake,
+    /// The heartbeat timeout in milliseconds: its endpoint's at the start, then as
+    /// the monitor adapts it to the round trips (`heartbeat_timeout_min`).
+    pub heartbeat_timeout: AtomicU64,
 }
 
 impl Shared {
-    pub fn new() -> io::Result<Shared> {
+    pub fn new(heartbeat_timeout: Duration) -> io::Result<Shared> {
         Ok(Shared {
             progress: AtomicU64::new(millis(Instant::now())),
             abandoned: AtomicBool::new(false),
             wake: Wake::new()?,
+            heartbeat_timeout: AtomicU64::new(heartbeat_timeout.as_millis() as u64),
         })
+    }
+
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout.load(Ordering::Relaxed))
     }
 
     fn touch(&self, now: Instant) {
@@ -308,6 +316,13 @@ impl<'a> Serve<'a> {
                     self.end_session(code, &reason, false);
                     self.close(code, &reason, Cause::Retired, now);
                 }
+                ToWorker::Command(Command::HeartbeatTimeout(timeout)) => {
+                    let ms = timeout.as_millis() as u64;
+                    self.worker
+                        .shared
+                        .heartbeat_timeout
+                        .store(ms, Ordering::Relaxed);
+                }
                 ToWorker::Attach(client) => self.attach(*client, now)?,
             }
         }
@@ -378,8 +393,9 @@ impl<'a> Serve<'a> {
             }
             return Ok(());
         }
+        let timeout = self.worker.shared.heartbeat_timeout();
         if let Some((_, sent)) = self.ping
-            && now >= sent + pool.heartbeat_timeout
+            && now >= sent + timeout
         {
             self.ping = None;
             let _ = self.worker.events.send(Event::Heartbeat {
@@ -388,7 +404,7 @@ impl<'a> Serve<'a> {
                 rtt: None,
             });
         }
-        if now >= self.last_life + pool.heartbeat_interval + pool.heartbeat_timeout {
+        if now >= self.last_life + pool.heartbeat_interval + timeout {
             return Err(Cause::HeartbeatTimeout);
         }
         if let Some(since) = self.pending_since
@@ -515,10 +531,10 @@ impl<'a> Serve<'a> {
         if let Some((deadline, _)) = &self.closing {
             return *deadline;
         }
-        let mut deadline =
-            (self.last_life + pool.heartbeat_interval + pool.heartbeat_timeout).min(self.next_ping);
+        let timeout = self.worker.shared.heartbeat_timeout();
+        let mut deadline = (self.last_life + pool.heartbeat_interval + timeout).min(self.next_ping);
         if let Some((_, sent)) = self.ping {
-            deadline = deadline.min(sent + pool.heartbeat_timeout);
+            deadline = deadline.min(sent + timeout);
         }
         if let Some(since) = self.pending_since {
             deadline = deadline.min(since + pool.write_timeout);

@@ -246,3 +246,31 @@ fn headers_and_on_connect_reach_the_upstream_and_heartbeats_are_answered() {
         );
     });
 }
+
+#[test]
+fn an_adaptive_heartbeat_timeout_finds_a_frozen_fast_upstream_well_inside_the_fixed_bound() {
+    watchdog(30, || {
+        let up = Upstream::start().unwrap();
+        // A 2 s timeout that may adapt down to 50 ms: loopback answers in well under a
+        // millisecond, so the timeout sits at the floor.
+        let mut cfg = config(&[up.url()], "");
+        cfg.pools[0].heartbeat_timeout = Duration::from_secs(2);
+        cfg.pools[0].heartbeat_timeout_min = Duration::from_millis(50);
+        let mut d = start(&cfg);
+        d.wait_healthy(2, SOON);
+        let adapted = d.wait_notice(SOON, "heartbeat timeout adapted to 50ms");
+        assert_eq!(adapted.endpoint.as_deref(), Some(up.url().as_str()));
+        // The workers were told before the line was logged.
+        up.set_mode(Mode::Freeze);
+        let (cause, at, last_life, _) = d.wait_death(SOON, "a heartbeat timeout", |c| {
+            *c == Cause::HeartbeatTimeout
+        });
+        assert_eq!(cause, Cause::HeartbeatTimeout);
+        // Fixed, the bound would be 200 ms + 2 s; adapted it is 200 ms + 50 ms.
+        let silent = at.duration_since(last_life.expect("it was connected"));
+        assert!(
+            silent < Duration::from_millis(1200),
+            "declared after {silent:?}"
+        );
+    });
+}

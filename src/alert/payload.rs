@@ -27,8 +27,8 @@ pub fn body(
     }
 }
 
-/// One line for a chat channel: "[WARNING] incident 7 firing on host-1, pool market
-/// (endpoint_down): ...".
+/// One line for a chat channel:
+/// `[WARNING] wspoold incident 7 firing on host-1, pool market (endpoint_down): ...`.
 pub fn headline(r: &Record) -> String {
     let tail = match r.status {
         Status::Resolved => format!(

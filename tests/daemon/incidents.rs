@@ -12,7 +12,7 @@ use wspoold::review;
 
 use crate::bridge::{dial, next_data};
 use crate::receiver::{Answer, Receiver};
-use crate::util::{Syslog, config_with, start, wait_until, watchdog};
+use crate::util::{Running, Syslog, config_with, start, wait_until, watchdog};
 
 const SOON: Duration = Duration::from_secs(5);
 
@@ -23,6 +23,24 @@ fn alerts(log: &Syslog, timers: &str, webhooks: &[String]) -> String {
         log.path.display(),
         webhooks.join("\n")
     )
+}
+
+/// Two upstreams, a and b, for one pool; syslog to a stand-in; the daemon started
+/// with these pool settings, incident timers and webhooks, and warm.
+struct Outage {
+    a: Upstream,
+    b: Upstream,
+    log: Syslog,
+    d: Running,
+}
+
+fn two_endpoints(pool: &str, timers: &str, hooks: &[String]) -> Outage {
+    let (a, b) = (Upstream::start().unwrap(), Upstream::start().unwrap());
+    let log = Syslog::new();
+    let cfg = config_with(&[a.url(), b.url()], pool, &alerts(&log, timers, hooks));
+    let mut d = start(&cfg);
+    d.wait_healthy(2, SOON);
+    Outage { a, b, log, d }
 }
 
 fn webhook(url: &str, extra: &str) -> String {
@@ -39,13 +57,13 @@ fn a_mass_failure_is_one_incident_and_one_alert_resolved_after_hysteresis() {
         let timers = "resolve_after = \"1s\"\nescalate_after = \"0s\"\nescalate_failures = 0\ngrace = \"5s\"";
         let cfg = config_with(
             &[a.url(), b.url()],
-            "min = 300\nmax = 300\nspare = 0\ndown_after = 2",
+            "min = 400\nmax = 400\nspare = 0\ndown_after = 2",
             &alerts(&log, timers, &hooks).replace("grace = \"300ms\"\n", ""),
         );
         let mut d = start(&cfg);
-        d.wait_healthy(300, Duration::from_secs(30));
+        d.wait_healthy(400, Duration::from_secs(30));
         let on_a = a.connections();
-        assert!(on_a >= 100, "{on_a} connections on a");
+        assert!(on_a >= 150, "{on_a} connections on a");
         a.kill();
 
         let firing = hook.next(SOON);
@@ -65,7 +83,7 @@ fn a_mass_failure_is_one_incident_and_one_alert_resolved_after_hysteresis() {
             "{body:#}"
         );
         // Every connection on a died; the pool refilled on b; still one incident.
-        d.wait_healthy(300, Duration::from_secs(30));
+        d.wait_healthy(400, Duration::from_secs(30));
         let more = hook.drain_for(Duration::from_secs(1));
         assert!(more.is_empty(), "one alert for {on_a} deaths: {more:#?}");
 
@@ -148,6 +166,8 @@ fn every_format_carries_the_incident_and_secrets_come_from_files() {
             ),
         ];
         let timers = "resolve_after = \"500ms\"\nescalate_after = \"0s\"\nescalate_failures = 0";
+        // Nothing reads `log` in this test: a syslog that stops reading must hold up
+        // neither the incident nor its webhooks (nor the shutdown).
         let cfg = config_with(&[up.url()], "down_after = 2", &alerts(&log, timers, &hooks));
         let mut d = start(&cfg);
         d.wait_healthy(2, SOON);
@@ -226,8 +246,6 @@ fn every_format_carries_the_incident_and_secrets_come_from_files() {
 #[test]
 fn an_incident_that_lasts_is_escalated_to_escalation_only_receivers_too() {
     watchdog(60, || {
-        let (a, b) = (Upstream::start().unwrap(), Upstream::start().unwrap());
-        let log = Syslog::new();
         let mut team = Receiver::start(Answer::Ok);
         let mut pager = Receiver::start(Answer::Ok);
         let hooks = [
@@ -235,13 +253,7 @@ fn an_incident_that_lasts_is_escalated_to_escalation_only_receivers_too() {
             webhook(&pager.url, "name = \"pager\"\nescalation_only = true"),
         ];
         let timers = "resolve_after = \"500ms\"\nescalate_after = \"1s\"\nescalate_failures = 0";
-        let cfg = config_with(
-            &[a.url(), b.url()],
-            "down_after = 2",
-            &alerts(&log, timers, &hooks),
-        );
-        let mut d = start(&cfg);
-        d.wait_healthy(2, SOON);
+        let Outage { a, b: _b, log, d } = two_endpoints("down_after = 2", timers, &hooks);
         a.kill();
         assert_eq!(team.next(SOON).body["status"], "firing");
         let escalated = team.next(SOON);
@@ -269,8 +281,6 @@ fn an_incident_that_lasts_is_escalated_to_escalation_only_receivers_too() {
 #[test]
 fn a_receiver_answering_500_is_retried_until_it_recovers_and_a_400_is_not() {
     watchdog(60, || {
-        let (a, b) = (Upstream::start().unwrap(), Upstream::start().unwrap());
-        let log = Syslog::new();
         let mut flaky = Receiver::start(Answer::Status(500, 2));
         let mut wrong = Receiver::start(Answer::Status(400, 100));
         let hooks = [
@@ -278,13 +288,7 @@ fn a_receiver_answering_500_is_retried_until_it_recovers_and_a_400_is_not() {
             webhook(&wrong.url, "name = \"wrong\""),
         ];
         let timers = "resolve_after = \"60s\"\nescalate_after = \"0s\"\nescalate_failures = 0";
-        let cfg = config_with(
-            &[a.url(), b.url()],
-            "down_after = 2",
-            &alerts(&log, timers, &hooks),
-        );
-        let mut d = start(&cfg);
-        d.wait_healthy(2, SOON);
+        let Outage { a, b: _b, log, d } = two_endpoints("down_after = 2", timers, &hooks);
         a.kill();
         let attempts: Vec<Value> = (0..3).map(|_| flaky.next(SOON).body).collect();
         assert!(
@@ -314,8 +318,6 @@ fn a_receiver_answering_500_is_retried_until_it_recovers_and_a_400_is_not() {
 #[test]
 fn a_receiver_that_hangs_delays_neither_healing_nor_syslog_nor_other_receivers() {
     watchdog(60, || {
-        let (a, b) = (Upstream::start().unwrap(), Upstream::start().unwrap());
-        let log = Syslog::new();
         let mut hung = Receiver::start(Answer::Hang);
         let mut fine = Receiver::start(Answer::Ok);
         let hooks = [
@@ -323,13 +325,8 @@ fn a_receiver_that_hangs_delays_neither_healing_nor_syslog_nor_other_receivers()
             webhook(&fine.url, "name = \"fine\""),
         ];
         let timers = "resolve_after = \"60s\"\nescalate_after = \"0s\"\nescalate_failures = 0";
-        let cfg = config_with(
-            &[a.url(), b.url()],
-            "down_after = 1\nspare = 1",
-            &alerts(&log, timers, &hooks),
-        );
-        let mut d = start(&cfg);
-        d.wait_healthy(2, SOON);
+        let Outage { a, b, log, mut d } =
+            two_endpoints("down_after = 1\nspare = 1", timers, &hooks);
         let addr = d.daemon.as_ref().unwrap().listen_addr();
         let mut client = dial(addr, "/p", None).unwrap();
         client.send(Message::text("before")).unwrap();
@@ -358,21 +355,13 @@ fn a_receiver_that_hangs_delays_neither_healing_nor_syslog_nor_other_receivers()
 #[test]
 fn a_full_queue_drops_the_oldest_lowest_severity_notification_and_says_so() {
     watchdog(60, || {
-        let (a, b) = (Upstream::start().unwrap(), Upstream::start().unwrap());
-        let log = Syslog::new();
         let mut hung = Receiver::start(Answer::Hang);
         let hooks = [webhook(
             &hung.url,
             "name = \"hung\"\ntimeout = \"30s\"\nqueue = 1",
         )];
         let timers = "resolve_after = \"300ms\"\nescalate_after = \"500ms\"\nescalate_failures = 0";
-        let cfg = config_with(
-            &[a.url(), b.url()],
-            "down_after = 2",
-            &alerts(&log, timers, &hooks),
-        );
-        let mut d = start(&cfg);
-        d.wait_healthy(2, SOON);
+        let Outage { a, b: _b, log, d } = two_endpoints("down_after = 2", timers, &hooks);
         a.kill();
         // firing is in flight (held); escalated waits in the queue of one ...
         assert_eq!(hung.next(SOON).body["status"], "firing");

@@ -56,6 +56,11 @@ impl Backoff {
         }
     }
 
+    /// The same bounds as `other` (whatever the progress).
+    pub fn same_bounds(&self, other: &Backoff) -> bool {
+        self.base == other.base && self.max == other.max
+    }
+
     /// The ceiling the next delay is drawn under.
     pub fn ceiling(&self) -> Duration {
         let factor = 1u32.checked_shl(self.attempt.min(31)).unwrap_or(u32::MAX);

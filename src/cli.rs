@@ -1,5 +1,6 @@
-//! Subcommands and flags: `run`, `check`, `incidents`, `demo`; errors mapped to exit codes
-//! (0 success, 78 configuration, 1 anything else).
+//! Subcommands and flags: `run`, `check`, `status`, `incidents`, `demo`; errors mapped
+//! to exit codes (0 success, 78 configuration, 1 anything else; `status` 3 when the
+//! daemon answers but is not healthy).
 
 use std::path::PathBuf;
 
@@ -9,6 +10,9 @@ use crate::daemon::{self, Options};
 /// Bad, missing or unreadable configuration (sysexits' EX_CONFIG).
 pub const EXIT_CONFIG: i32 = 78;
 pub const EXIT_FAILURE: i32 = 1;
+/// `wspoold status`: the daemon answered, and it is not healthy (as `systemctl status`
+/// answers 3 for a unit that is not running).
+pub const EXIT_UNHEALTHY: i32 = 3;
 
 const USAGE: &str = "\
 usage: wspoold <command> [options]
@@ -16,6 +20,9 @@ usage: wspoold <command> [options]
 commands:
   run   [--config FILE]   run the daemon in the foreground (logs to stderr and syslog)
   check [--config FILE]   validate the configuration and exit (0 valid, 78 invalid)
+  status [--config FILE | --admin ADDR] [--json]
+                          the running daemon's pools, endpoints and open incidents,
+                          from its admin endpoint (0 healthy, 3 unhealthy, 1 no answer)
   incidents [--config FILE | --journal FILE] [--since 24h] [--pool NAME] [--json]
                           the post-incident review, read from the incident journal
   demo  [--seconds N]     run a self-contained demonstration on loopback (default 30 s)
@@ -34,6 +41,12 @@ pub enum Command {
     },
     Check {
         config: PathBuf,
+    },
+    Status {
+        config: PathBuf,
+        /// Ask this admin address instead of the configured one.
+        admin: Option<String>,
+        json: bool,
     },
     Incidents {
         config: PathBuf,
@@ -60,10 +73,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     let mut journal = None;
     let mut filter = crate::review::Filter::default();
     let mut json = false;
+    let mut admin = None;
     match command.as_str() {
         "-h" | "--help" | "help" => return Ok(Command::Help),
         "-V" | "--version" => return Ok(Command::Version),
-        "run" | "check" | "demo" | "incidents" => {}
+        "run" | "check" | "demo" | "incidents" | "status" => {}
         other => return Err(format!("unknown command {other:?}")),
     }
     while let Some(arg) = args.next() {
@@ -85,7 +99,8 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
                 filter.since = Some(crate::review::parse_since(&value(arg)?)?);
             }
             "--pool" if command == "incidents" => filter.pool = Some(value(arg)?),
-            "--json" if command == "incidents" => json = true,
+            "--json" if command == "incidents" || command == "status" => json = true,
+            "--admin" if command == "status" => admin = Some(value(arg)?),
             "-h" | "--help" => return Ok(Command::Help),
             other => return Err(format!("unknown option {other:?} for {command}")),
         }
@@ -93,6 +108,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     Ok(match command.as_str() {
         "run" => Command::Run { config },
         "check" => Command::Check { config },
+        "status" => Command::Status {
+            config,
+            admin,
+            json,
+        },
         "incidents" => Command::Incidents {
             config,
             journal,
@@ -141,6 +161,7 @@ pub fn main(args: &[String]) -> i32 {
             let options = Options {
                 stderr: true,
                 observer: None,
+                notifier: None,
             };
             match daemon::run(&cfg, options) {
                 Ok(()) => 0,
@@ -156,6 +177,11 @@ pub fn main(args: &[String]) -> i32 {
             filter,
             json,
         } => incidents(&config, journal, &filter, json),
+        Command::Status {
+            config,
+            admin,
+            json,
+        } => status(&config, admin, json),
         Command::Demo { seconds } => match crate::demo::run(seconds) {
             Ok(()) => 0,
             Err(e) => {
@@ -163,6 +189,66 @@ pub fn main(args: &[String]) -> i32 {
                 EXIT_FAILURE
             }
         },
+    }
+}
+
+/// `wspoold status`: ask the running daemon's admin endpoint for `/status`.
+fn status(config: &std::path::Path, admin: Option<String>, json: bool) -> i32 {
+    let (addr, token) = match admin {
+        Some(addr) => (addr, None),
+        None => match Config::load(config) {
+            Ok(cfg) => (cfg.daemon.admin.to_string(), cfg.daemon.admin_token),
+            Err(e) => return config_failure(&e),
+        },
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(std::time::Duration::from_secs(5)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let url = format!("http://{addr}/status");
+    let mut request = agent.get(&url);
+    if let Some(token) = &token {
+        request = request.header("Authorization", &format!("Bearer {token}"));
+    }
+    let mut response = match request.call() {
+        Ok(response) => response,
+        Err(e) => {
+            eprintln!(
+                "wspoold: no answer from the admin endpoint {url}: {e} (is wspoold running? systemctl status wspoold)"
+            );
+            return EXIT_FAILURE;
+        }
+    };
+    let code = response.status().as_u16();
+    let body = match response.body_mut().read_to_string() {
+        Ok(body) => body,
+        Err(e) => {
+            eprintln!("wspoold: reading the answer of {url}: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    if code != 200 {
+        eprintln!("wspoold: {url} answered HTTP {code}: {}", body.trim());
+        return EXIT_FAILURE;
+    }
+    let status: crate::status::Status = match serde_json::from_str(&body) {
+        Ok(status) => status,
+        Err(e) => {
+            eprintln!("wspoold: {url} answered something that is not wspoold's status: {e}");
+            return EXIT_FAILURE;
+        }
+    };
+    if json {
+        print!("{body}");
+    } else if let Err(e) = crate::status::print_table(&status, &mut std::io::stdout().lock()) {
+        eprintln!("wspoold: {e}");
+        return EXIT_FAILURE;
+    }
+    if status.unhealthy().is_empty() {
+        0
+    } else {
+        EXIT_UNHEALTHY
     }
 }
 
@@ -262,6 +348,14 @@ mod tests {
                     since: Some(std::time::Duration::from_secs(7200)),
                     pool: Some("market".into()),
                 },
+                json: true,
+            })
+        );
+        assert_eq!(
+            parse(&args("status --admin 127.0.0.1:9999 --json")),
+            Ok(Command::Status {
+                config: config::DEFAULT_PATH.into(),
+                admin: Some("127.0.0.1:9999".into()),
                 json: true,
             })
         );

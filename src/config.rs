@@ -48,6 +48,7 @@ mod default {
     pub const MAX_CONNECTIONS: usize = 4096;
     pub const LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9400);
     pub const ADMIN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9401);
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
     pub const SYSLOG: bool = true;
     pub const SYSLOG_SOCKET: &str = "/dev/log";
@@ -116,6 +117,12 @@ pub struct DaemonConfig {
     pub listen: SocketAddr,
     /// `/metrics`, `/status` and `/healthz`. Default `127.0.0.1:9401`.
     pub admin: SocketAddr,
+    /// Admin requests must send `Authorization: Bearer <token>` (`admin_token` or
+    /// `admin_token_file`). Required when `admin` is not a loopback address.
+    pub admin_token: Option<String>,
+    /// How long sessions of a pool removed by a reload may go on before they are
+    /// closed with 1001. Default 30s.
+    pub drain_timeout: Duration,
 }
 
 /// `[alerts]`: where alerts go.
@@ -318,6 +325,62 @@ pub struct PoolConfig {
     pub flap_suppress: u32,
     /// Back in rotation once the penalty decays below this. Default 1.
     pub flap_reuse: u32,
+}
+
+impl PoolConfig {
+    /// The keys, changed from `self` to `new`, that a pool's workers are built with or
+    /// read as they run: for a change in any of them to apply, the pool's connections
+    /// are replaced. (Endpoint lists are compared by the pool, URL by URL.)
+    pub fn worker_keys_changed(&self, new: &PoolConfig) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |name: &'static str, same: bool| {
+            if !same {
+                changed.push(name);
+            }
+        };
+        check(
+            "connect_timeout",
+            self.connect_timeout == new.connect_timeout,
+        );
+        check(
+            "heartbeat_interval",
+            self.heartbeat_interval == new.heartbeat_interval,
+        );
+        check("write_timeout", self.write_timeout == new.write_timeout);
+        check("headers", self.headers == new.headers);
+        check("on_connect", self.on_connect == new.on_connect);
+        check(
+            "max_message_size",
+            self.max_message_size == new.max_message_size,
+        );
+        check("ca_file", self.ca == new.ca);
+        check("replay", self.replay == new.replay);
+        check("heal_buffer", self.heal_buffer == new.heal_buffer);
+        check("heal_notice", self.heal_notice == new.heal_notice);
+        check("delivery", self.delivery == new.delivery);
+        check("reuse", self.reuse == new.reuse);
+        changed
+    }
+}
+
+impl Config {
+    /// The settings changed from `self` to `new` that a reload cannot apply: they
+    /// need a restart.
+    pub fn restart_keys_changed(&self, new: &Config) -> Vec<&'static str> {
+        let (a, b) = (&self.daemon, &new.daemon);
+        let mut changed = Vec::new();
+        let mut check = |name: &'static str, same: bool| {
+            if !same {
+                changed.push(name);
+            }
+        };
+        check("[daemon] listen", a.listen == b.listen);
+        check("[daemon] admin", a.admin == b.admin);
+        check("[daemon] admin_token", a.admin_token == b.admin_token);
+        check("[daemon] state_dir", a.state_dir == b.state_dir);
+        check("[alerts]", self.alerts == new.alerts);
+        changed
+    }
 }
 
 /// The delivery guarantee for messages a client sends across a heal.
@@ -575,6 +638,20 @@ fn validate_daemon(
         let message = format!("admin and listen are both {listen}");
         return Err(source.error(span, message));
     }
+    let admin_token = match (raw.admin_token, raw.admin_token_file) {
+        (Some(_), Some(_)) => {
+            let message = "[daemon] sets both admin_token and admin_token_file: keep one";
+            return Err(source.error(None, message.to_string()));
+        }
+        (Some(Text(t)), None) | (None, Some(SecretFile(t))) => Some(t).filter(|t| !t.is_empty()),
+        (None, None) => None,
+    };
+    if !admin.ip().is_loopback() && admin_token.is_none() {
+        let message = format!(
+            "admin {admin} is not a loopback address, but [daemon] has no admin_token: anyone who reaches the port could read the pools' state; set admin_token (or admin_token_file) or bind admin to 127.0.0.1"
+        );
+        return Err(source.error(raw.admin.map(|s| s.span()), message));
+    }
     let daemon = DaemonConfig {
         state_dir: raw
             .state_dir
@@ -585,6 +662,8 @@ fn validate_daemon(
             .map_or(default::MAX_CONNECTIONS, |m| m.get_ref().get()),
         listen,
         admin,
+        admin_token,
+        drain_timeout: raw.drain_timeout.map_or(default::DRAIN_TIMEOUT, |d| d.0),
     };
     Ok((daemon, raw.max_connections.map(|m| m.span())))
 }
@@ -903,6 +982,9 @@ struct RawDaemon {
     max_connections: Option<Spanned<Count<1>>>,
     listen: Option<Spanned<Address>>,
     admin: Option<Spanned<Address>>,
+    admin_token: Option<Text>,
+    admin_token_file: Option<SecretFile>,
+    drain_timeout: Option<Interval<true>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -8,12 +8,14 @@ use crossbeam_channel::Sender;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
+use crate::admin::{Admin, Published};
 use crate::alert::Alerter;
 use crate::config::Config;
 use crate::event::{Control, Notice, Observation, Severity};
 use crate::journal::{Journal, Recovered};
 use crate::listener::{Listener, ListenerHandle};
-use crate::monitor::Monitor;
+use crate::monitor::{Monitor, Outputs};
+use crate::notify::Notifier;
 
 /// Descriptors a full daemon can hold: per pooled connection its socket, its wake
 /// descriptor and a local client's socket; plus handshakes in progress, the listeners,
@@ -64,6 +66,8 @@ pub struct Options {
     pub stderr: bool,
     /// Receives structured observations (the demo and tests measure with them).
     pub observer: Option<Sender<Observation>>,
+    /// Where systemd notifications go (`Notifier::from_env()` under systemd).
+    pub notifier: Option<Notifier>,
 }
 
 /// A running daemon: the listener, the monitor and the alerter threads.
@@ -72,6 +76,7 @@ pub struct Daemon {
     listener: ListenerHandle,
     monitor: JoinHandle<()>,
     alerter: JoinHandle<()>,
+    admin: Admin,
 }
 
 impl Daemon {
@@ -85,6 +90,12 @@ impl Daemon {
         let (alerter, alerts) = Alerter::new(&config.alerts, journal, options.stderr)?;
         let (clients, clients_rx) = crossbeam_channel::bounded(1024);
         let listener = Listener::bind(config, clients, alerts.clone())?;
+        let published = Published::new();
+        let admin = Admin::start(
+            config.daemon.admin,
+            config.daemon.admin_token.clone(),
+            published.clone(),
+        )?;
         let alerter = alerter.spawn()?;
         let wanted: usize = config.pools.iter().map(|p| p.min).sum();
         alerts.send(Notice::new(
@@ -114,12 +125,18 @@ impl Daemon {
             alerts.incident(record.closed_at_start(now));
         }
         let (control, control_rx) = crossbeam_channel::bounded(16);
+        let outputs = Outputs {
+            alerts,
+            observer: options.observer,
+            published,
+            notifier: options.notifier,
+            routes: listener.routes(),
+        };
         let monitor = Monitor::new(
             config,
             control_rx,
             clients_rx,
-            alerts,
-            options.observer,
+            outputs,
             recovered.next_id.max(1),
         )
         .spawn()?;
@@ -129,12 +146,18 @@ impl Daemon {
             listener,
             monitor,
             alerter,
+            admin,
         })
     }
 
     /// Where local clients connect (the bound `[daemon] listen`, its port resolved).
     pub fn listen_addr(&self) -> std::net::SocketAddr {
         self.listener.addr()
+    }
+
+    /// Where the admin endpoint listens (`[daemon] admin`, its port resolved).
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        self.admin.addr()
     }
 
     /// A sender for shutdown and reload requests.
@@ -155,12 +178,16 @@ impl Daemon {
         drop(self.listener);
         // The monitor held the alerter's only sender: the alerter drains and ends.
         let _ = self.alerter.join();
+        drop(self.admin);
     }
 }
 
 /// Run in the foreground until SIGINT or SIGTERM; SIGHUP asks for a reload. A second
 /// SIGINT or SIGTERM during shutdown exits at once.
-pub fn run(config: &Config, options: Options) -> io::Result<()> {
+pub fn run(config: &Config, mut options: Options) -> io::Result<()> {
+    if options.notifier.is_none() {
+        options.notifier = Notifier::from_env();
+    }
     let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let signal_handle = signals.handle();
     let daemon = Daemon::start(config, options)?;

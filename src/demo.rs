@@ -76,6 +76,7 @@ pub fn run(seconds: u64) -> io::Result<()> {
         Options {
             stderr: false,
             observer: Some(tx),
+            notifier: None,
         },
     )?;
     let mut show = Show {

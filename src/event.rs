@@ -210,10 +210,16 @@ pub enum ToWorker {
 }
 
 /// What the signal thread (or an embedding program) asks of the monitor.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
     Shutdown,
+    /// Re-read the configuration file and apply what changed (SIGHUP).
     Reload,
+    /// Apply this configuration as a reload would.
+    Apply(Box<crate::config::Config>),
+    /// The monitor sleeps this long, as a wedged one would: for tests of the
+    /// watchdog and of liveness.
+    Stall(Duration),
 }
 
 /// How bad a notice is; maps onto syslog levels.

@@ -72,6 +72,15 @@ impl Health {
         }
     }
 
+    /// New limits from a reload. The state stays; a changed backoff starts over.
+    pub fn retune(&mut self, down_after: u32, backoff: Backoff, backoff_reset: Duration) {
+        self.down_after = down_after.max(1);
+        self.backoff_reset = backoff_reset;
+        if !self.backoff.same_bounds(&backoff) {
+            self.backoff = backoff;
+        }
+    }
+
     pub fn state(&self) -> State {
         self.state
     }

@@ -12,12 +12,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
+use parking_lot::RwLock;
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tungstenite::http::StatusCode;
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::alert::Alerts;
-use crate::config::Config;
+use crate::config::{Config, PoolConfig};
 use crate::event::{Client, Notice, SessionId, Severity};
 
 /// How long a local client may take over its handshake.
@@ -26,16 +27,34 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_HANDSHAKES: usize = 256;
 
 /// One pool as the listener routes to it.
-struct Route {
-    name: String,
-    path: String,
-    token: Option<String>,
-    max_message_size: usize,
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The monitor's index of the pool.
+    pub pool: usize,
+    pub name: String,
+    pub path: String,
+    pub token: Option<String>,
+    pub max_message_size: usize,
 }
+
+impl Route {
+    pub fn new(pool: usize, config: &PoolConfig) -> Route {
+        Route {
+            pool,
+            name: config.name.clone(),
+            path: config.path.clone(),
+            token: config.client_token.clone(),
+            max_message_size: config.max_message_size,
+        }
+    }
+}
+
+/// The pools the listener routes to; a reload replaces them.
+pub type Routes = RwLock<Vec<Route>>;
 
 /// What the listener shares with its handshake threads.
 struct Shared {
-    routes: Vec<Route>,
+    routes: Arc<Routes>,
     clients: Sender<Client>,
     notices: Alerts,
     next_session: AtomicU64,
@@ -66,18 +85,14 @@ impl Listener {
         let routes = config
             .pools
             .iter()
-            .map(|p| Route {
-                name: p.name.clone(),
-                path: p.path.clone(),
-                token: p.client_token.clone(),
-                max_message_size: p.max_message_size,
-            })
+            .enumerate()
+            .map(|(index, p)| Route::new(index, p))
             .collect();
         Ok(Listener {
             socket,
             addr,
             shared: Arc::new(Shared {
-                routes,
+                routes: Arc::new(RwLock::new(routes)),
                 clients,
                 notices,
                 next_session: AtomicU64::new(1),
@@ -89,6 +104,11 @@ impl Listener {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The routing table, for the monitor to replace on reload.
+    pub fn routes(&self) -> Arc<Routes> {
+        self.shared.routes.clone()
     }
 
     pub fn spawn(self) -> io::Result<ListenerHandle> {
@@ -194,26 +214,31 @@ fn handshake(shared: &Shared, stream: TcpStream) {
     let refusal = RefCell::new(None);
     let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
         let path = request.uri().path();
-        let Some(index) = shared.routes.iter().position(|r| r.path == path) else {
+        let Some(route) = shared
+            .routes
+            .read()
+            .iter()
+            .find(|r| r.path == path)
+            .cloned()
+        else {
             *refusal.borrow_mut() = Some(Refusal::NotFound(path.to_string()));
             return Err(status(StatusCode::NOT_FOUND, "no pool at this path"));
         };
-        if let Some(token) = &shared.routes[index].token {
+        if let Some(token) = &route.token {
             let given = request
                 .headers()
                 .get("authorization")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
             if given != Some(token.as_str()) {
-                *refusal.borrow_mut() =
-                    Some(Refusal::Unauthorized(shared.routes[index].name.clone()));
+                *refusal.borrow_mut() = Some(Refusal::Unauthorized(route.name.clone()));
                 return Err(status(
                     StatusCode::UNAUTHORIZED,
                     "missing or wrong client token",
                 ));
             }
         }
-        chosen.set(Some(index));
+        chosen.set(Some((route.pool, route.max_message_size)));
         Ok(response)
     };
     let result = tungstenite::accept_hdr_with_config(stream, callback, None);
@@ -239,9 +264,10 @@ fn handshake(shared: &Shared, stream: TcpStream) {
             return;
         }
     };
-    let Some(pool) = chosen.get() else { return };
+    let Some((pool, max)) = chosen.get() else {
+        return;
+    };
     let mut ws = ws;
-    let max = shared.routes[pool].max_message_size;
     ws.set_config(|c| {
         *c = WebSocketConfig::default()
             .read_buffer_size(4 * 1024)

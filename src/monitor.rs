@@ -3,7 +3,7 @@
 //! pools' decisions (spawn workers, command them, raise notices), replaces workers that
 //! stopped making progress, and shuts everything down in order.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, select};
 
+use crate::admin::Published;
 use crate::alert::Alerts;
 use crate::backoff::Rng;
 use crate::config::{Config, Endpoint, PoolConfig};
@@ -20,6 +21,9 @@ use crate::event::{
 };
 use crate::incident::{self, Tracker};
 use crate::journal::Record;
+use crate::listener::Routes;
+use crate::metrics::{Counts, EndpointStats};
+use crate::notify::Notifier;
 use crate::pool::{Action, Pool};
 use crate::room::{Room, RoomCommand, RoomEvent};
 use crate::upstream;
@@ -29,6 +33,8 @@ use crate::worker::{self, Shared, Wake, Worker};
 const TICK: Duration = Duration::from_millis(250);
 /// How long shutdown waits for workers to finish their closing handshakes.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(4);
+/// How often the monitor publishes its snapshot for the admin endpoint.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// Worker events waiting for the monitor.
 pub const EVENT_QUEUE: usize = 65_536;
 
@@ -90,6 +96,7 @@ impl SessionCounts {
 /// One configured pool: its settings and its decision state.
 struct PoolEntry {
     config: Arc<PoolConfig>,
+    /// Per endpoint slot of the pool (a reload appends, never removes).
     endpoints: Vec<Endpoint>,
     tls: Arc<rustls::ClientConfig>,
     state: Pool,
@@ -97,6 +104,79 @@ struct PoolEntry {
     incidents: Tracker,
     /// A worker silent this long is stuck.
     stuck_after: Duration,
+    /// Per endpoint slot: what its workers count.
+    stats: Vec<Arc<EndpointStats>>,
+    /// Per endpoint URL: connection attempts by result, deaths by cause.
+    connects: BTreeMap<String, BTreeMap<String, u64>>,
+    deaths: BTreeMap<String, BTreeMap<String, u64>>,
+    heal_seconds: Counts,
+    /// Round-trip histograms per slot, sampled once a second for the last minute.
+    rtt_window: VecDeque<(Instant, Vec<Counts>)>,
+    /// Removed by a reload: its sessions are closed with 1001 at this moment.
+    drain_until: Option<Instant>,
+    /// Its deadline passed and what was left was told to close.
+    drain_closed: bool,
+    /// Removed and empty: kept only so that indexes stay stable.
+    gone: bool,
+}
+
+impl PoolEntry {
+    fn new(
+        cfg: &PoolConfig,
+        index: usize,
+        config: &Config,
+        now: Instant,
+        rng: &mut Rng,
+    ) -> PoolEntry {
+        let settings = incident::Settings {
+            resolve_after: config.alerts.resolve_after,
+            escalate_after: config.alerts.escalate_after,
+            escalate_failures: config.alerts.escalate_failures,
+        };
+        let endpoints: Vec<Endpoint> = cfg.endpoints.iter().chain(&cfg.backup).cloned().collect();
+        PoolEntry {
+            config: Arc::new(cfg.clone()),
+            stats: endpoints.iter().map(|_| Arc::default()).collect(),
+            endpoints,
+            tls: upstream::tls_config(cfg.ca.as_ref()),
+            state: Pool::new(
+                cfg,
+                config.alerts.grace,
+                index,
+                now,
+                Rng::new(rng.next_u64()),
+            ),
+            sessions: SessionCounts::default(),
+            incidents: Tracker::new(&cfg.name, settings, (now, SystemTime::now())),
+            stuck_after: stuck_after(cfg),
+            connects: BTreeMap::new(),
+            deaths: BTreeMap::new(),
+            heal_seconds: Counts::default(),
+            rtt_window: VecDeque::new(),
+            drain_until: None,
+            drain_closed: false,
+            gone: false,
+        }
+    }
+}
+
+/// A worker silent this long is stuck: twice the longest it may legitimately block,
+/// plus a second.
+fn stuck_after(cfg: &PoolConfig) -> Duration {
+    2 * cfg
+        .connect_timeout
+        .max(cfg.heartbeat_interval + cfg.heartbeat_timeout + cfg.write_timeout)
+        + Duration::from_secs(1)
+}
+
+/// Where the monitor reports besides alerts: the admin snapshot, systemd, the
+/// listener's routes, and an observer for the demo and tests.
+pub struct Outputs {
+    pub alerts: Alerts,
+    pub observer: Option<Sender<Observation>>,
+    pub published: Arc<Published>,
+    pub notifier: Option<Notifier>,
+    pub routes: Arc<Routes>,
 }
 
 pub struct Monitor {
@@ -125,6 +205,15 @@ pub struct Monitor {
     host: String,
     /// The id of the next incident, continued from the journal.
     next_incident: u64,
+    /// The configuration in force, to compare a reload with.
+    config: Config,
+    config_loaded: SystemTime,
+    started: SystemTime,
+    published: Arc<Published>,
+    last_publish: Option<Instant>,
+    notifier: Option<Notifier>,
+    routes: Arc<Routes>,
+    rng: Rng,
 }
 
 impl Monitor {
@@ -133,40 +222,16 @@ impl Monitor {
         config: &Config,
         control: Receiver<Control>,
         clients: Receiver<Client>,
-        alerts: Alerts,
-        observer: Option<Sender<Observation>>,
+        outputs: Outputs,
         next_incident: u64,
     ) -> Monitor {
         let now = Instant::now();
-        let epoch = (now, SystemTime::now());
-        let settings = incident::Settings {
-            resolve_after: config.alerts.resolve_after,
-            escalate_after: config.alerts.escalate_after,
-            escalate_failures: config.alerts.escalate_failures,
-        };
         let mut rng = Rng::from_entropy();
         let pools = config
             .pools
             .iter()
             .enumerate()
-            .map(|(index, cfg)| PoolEntry {
-                config: Arc::new(cfg.clone()),
-                endpoints: cfg.endpoints.iter().chain(&cfg.backup).cloned().collect(),
-                tls: upstream::tls_config(cfg.ca.as_ref()),
-                state: Pool::new(
-                    cfg,
-                    config.alerts.grace,
-                    index,
-                    now,
-                    Rng::new(rng.next_u64()),
-                ),
-                sessions: SessionCounts::default(),
-                incidents: Tracker::new(&cfg.name, settings, epoch),
-                stuck_after: 2 * cfg
-                    .connect_timeout
-                    .max(cfg.heartbeat_interval + cfg.heartbeat_timeout + cfg.write_timeout)
-                    + Duration::from_secs(1),
-            })
+            .map(|(index, cfg)| PoolEntry::new(cfg, index, config, now, &mut rng))
             .collect();
         let (events_tx, events) = crossbeam_channel::bounded(EVENT_QUEUE);
         let (room_events_tx, room_events) = crossbeam_channel::unbounded();
@@ -183,12 +248,20 @@ impl Monitor {
             room_events_tx,
             room_events,
             closed_rooms: Vec::new(),
-            alerts,
-            observer,
+            alerts: outputs.alerts,
+            observer: outputs.observer,
             max_connections: config.daemon.max_connections,
             at_limit: false,
             host: hostname(),
             next_incident,
+            config: config.clone(),
+            config_loaded: SystemTime::now(),
+            started: SystemTime::now(),
+            published: outputs.published,
+            last_publish: None,
+            notifier: outputs.notifier,
+            routes: outputs.routes,
+            rng,
         }
     }
 
@@ -204,6 +277,12 @@ impl Monitor {
         for index in 0..self.pools.len() {
             let actions = self.pools[index].state.start(now);
             self.apply(index, actions);
+        }
+        self.publish(now);
+        if let Some(notifier) = &mut self.notifier {
+            // The listener was bound before the monitor started.
+            notifier.send("READY=1");
+            notifier.watchdog(now);
         }
         let mut last_tick = now;
         loop {
@@ -226,10 +305,9 @@ impl Monitor {
                     }
                 }
                 recv(self.control) -> control => match control {
-                    Ok(Control::Reload) => self.notice(Notice::new(
-                        Severity::Warning,
-                        "reload requested, but this version applies configuration changes only on restart",
-                    )),
+                    Ok(Control::Reload) => self.reload_file(),
+                    Ok(Control::Apply(config)) => self.reload(Ok(*config)),
+                    Ok(Control::Stall(d)) => std::thread::sleep(d),
                     Ok(Control::Shutdown) | Err(_) => break,
                 },
                 default(wake.saturating_duration_since(now)) => {}
@@ -238,6 +316,15 @@ impl Monitor {
             if now >= wake {
                 self.tick(now);
                 last_tick = now;
+            }
+            // A turn of the loop done: proof of life for the admin endpoint and the
+            // watchdog.
+            self.published.turned(now);
+            if self.last_publish.is_none_or(|at| now >= at + PUBLISH_EVERY) {
+                self.publish(now);
+            }
+            if let Some(notifier) = &mut self.notifier {
+                notifier.watchdog(now);
             }
         }
         self.shutdown();
@@ -260,6 +347,9 @@ impl Monitor {
         let index = client.pool;
         if index >= self.pools.len() {
             return close_client(client, 1011, "no such pool");
+        }
+        if self.pools[index].drain_until.is_some() {
+            return close_client(client, 1001, "pool removed from the configuration");
         }
         let session = client.session;
         self.waiting.insert(session, client);
@@ -441,6 +531,7 @@ impl Monitor {
 
     fn tick(&mut self, now: Instant) {
         self.find_stuck(now);
+        self.drain(now);
         for index in 0..self.pools.len() {
             let actions = self.pools[index].state.tick(now);
             self.apply(index, actions);
@@ -486,7 +577,28 @@ impl Monitor {
         let now = Instant::now();
         // Deaths first: the first one starts the timeline its notice belongs to.
         let observations = self.pools[index].state.take_observations();
-        let tracker = &mut self.pools[index].incidents;
+        let entry = &mut self.pools[index];
+        for observation in &observations {
+            match observation {
+                Observation::Connected { endpoint, .. } => {
+                    let counts = entry.connects.entry(endpoint.clone()).or_default();
+                    *counts.entry("ok".into()).or_default() += 1;
+                }
+                Observation::Died {
+                    endpoint, cause, ..
+                } => {
+                    let table = if cause.is_connect_failure() {
+                        &mut entry.connects
+                    } else {
+                        &mut entry.deaths
+                    };
+                    let counts = table.entry(endpoint.clone()).or_default();
+                    *counts.entry(cause.label().into()).or_default() += 1;
+                }
+                _ => {}
+            }
+        }
+        let tracker = &mut entry.incidents;
         for observation in &observations {
             match observation {
                 Observation::Died {
@@ -590,6 +702,7 @@ impl Monitor {
             events: self.events_tx.clone(),
             commands: rx.clone(),
             shared: shared.clone(),
+            stats: entry.stats[endpoint].clone(),
         };
         match worker.spawn() {
             Ok(thread) => {
@@ -662,6 +775,7 @@ impl Monitor {
             Some(healing) => {
                 counts.healed += 1;
                 counts.slowest_heal = counts.slowest_heal.max(healing.since.elapsed());
+                entry.heal_seconds.observe(healing.since.elapsed());
                 entry.incidents.healed(healing.from_endpoint != endpoint);
             }
         }
@@ -721,6 +835,10 @@ impl Monitor {
     /// Close every connection with 1001, wait for the workers (bounded), join them.
     fn shutdown(mut self) {
         let started = Instant::now();
+        if let Some(notifier) = &mut self.notifier {
+            notifier.status("shutting down: closing connections with 1001");
+            notifier.send("STOPPING=1");
+        }
         while let Ok(event) = self.room_events.try_recv() {
             self.on_room_event(event, started);
         }
@@ -817,3 +935,8 @@ pub fn close_client(mut client: Client, code: u16, reason: &str) {
     let _ = client.ws.close(Some(frame));
     let _ = client.ws.flush();
 }
+
+#[path = "monitor_reload.rs"]
+mod reload;
+#[path = "monitor_status.rs"]
+mod snapshot;

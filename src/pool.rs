@@ -75,12 +75,49 @@ struct EndpointSlot {
     timeout_sent: Duration,
     /// Above `rtt_alert` (until it falls below four fifths of it).
     slow: bool,
+    /// Taken out of the configuration by a reload: no new connections, no conditions.
+    removed: bool,
+}
+
+/// A pool's endpoints as configured: (url, backup, weight), primaries first.
+fn wanted_endpoints(cfg: &PoolConfig) -> Vec<(String, bool, u32)> {
+    cfg.endpoints
+        .iter()
+        .zip(cfg.weights.iter().chain(std::iter::repeat(&1)))
+        .map(|(e, w)| (e.url.clone(), false, *w))
+        .chain(cfg.backup.iter().map(|e| (e.url.clone(), true, 1)))
+        .collect()
 }
 
 impl EndpointSlot {
+    fn new(cfg: &PoolConfig, url: String, backup: bool, weight: u32, now: Instant) -> EndpointSlot {
+        EndpointSlot {
+            url,
+            backup,
+            weight,
+            returned: None,
+            health: Health::new(
+                cfg.down_after,
+                Backoff::new(cfg.backoff_base, cfg.backoff_max),
+                cfg.backoff_reset,
+                now,
+            ),
+            connecting: 0,
+            connected: 0,
+            flap: Penalty::new(now),
+            srtt: None,
+            rttvar: Duration::ZERO,
+            timeout: cfg.heartbeat_timeout,
+            timeout_told: cfg.heartbeat_timeout,
+            timeout_sent: cfg.heartbeat_timeout,
+            slow: false,
+            removed: false,
+        }
+    }
+
     /// Up and not damped: new connections may go here.
     fn in_rotation(&self) -> bool {
-        self.health.state() == State::Up && !self.flap.damped()
+        self.health.state() == State::Up && !self.flap.damped() && !self.removed
     }
 }
 
@@ -97,6 +134,21 @@ struct Conn {
     retiring: bool,
     /// The client it serves, if any.
     leased: Option<SessionId>,
+}
+
+/// An endpoint as the status page shows it.
+#[derive(Debug, Clone)]
+pub struct EndpointView {
+    pub url: String,
+    pub backup: bool,
+    pub state: State,
+    pub damped: bool,
+    pub srtt: Option<Duration>,
+    pub timeout: Duration,
+    pub connecting: u64,
+    pub idle: u64,
+    pub leased: u64,
+    pub retiring: u64,
 }
 
 /// One pool's state, owned by the monitor.
@@ -140,33 +192,9 @@ pub struct Pool {
 impl Pool {
     /// `index` keeps connection ids unique across pools.
     pub fn new(cfg: &PoolConfig, grace: Duration, index: usize, now: Instant, rng: Rng) -> Pool {
-        let slot = |url: String, backup: bool, weight: u32| EndpointSlot {
-            url,
-            backup,
-            weight,
-            returned: None,
-            health: Health::new(
-                cfg.down_after,
-                Backoff::new(cfg.backoff_base, cfg.backoff_max),
-                cfg.backoff_reset,
-                now,
-            ),
-            connecting: 0,
-            connected: 0,
-            flap: Penalty::new(now),
-            srtt: None,
-            rttvar: Duration::ZERO,
-            timeout: cfg.heartbeat_timeout,
-            timeout_told: cfg.heartbeat_timeout,
-            timeout_sent: cfg.heartbeat_timeout,
-            slow: false,
-        };
-        let endpoints = cfg
-            .endpoints
-            .iter()
-            .zip(cfg.weights.iter().chain(std::iter::repeat(&1)))
-            .map(|(e, w)| slot(e.url.clone(), false, *w))
-            .chain(cfg.backup.iter().map(|e| slot(e.url.clone(), true, 1)))
+        let endpoints = wanted_endpoints(cfg)
+            .into_iter()
+            .map(|(url, backup, weight)| EndpointSlot::new(cfg, url, backup, weight, now))
             .collect();
         Pool {
             name: cfg.name.clone(),
@@ -227,6 +255,11 @@ impl Pool {
         self.reported
     }
 
+    /// Endpoint slots, removed ones included.
+    pub fn endpoint_count(&self) -> usize {
+        self.endpoints.len()
+    }
+
     pub fn endpoint_url(&self, endpoint: usize) -> &str {
         &self.endpoints[endpoint].url
     }
@@ -253,6 +286,49 @@ impl Pool {
 
     pub fn conn_ids(&self) -> impl Iterator<Item = ConnId> + '_ {
         self.conns.keys().copied()
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Sessions on a connection of the pool or waiting to heal onto one.
+    pub fn sessions(&self) -> usize {
+        self.leased() + self.waiting.iter().filter(|w| w.heal).count()
+    }
+
+    /// Each endpoint as the status page shows it, in the pool's order.
+    pub fn endpoint_views(&self) -> Vec<EndpointView> {
+        let mut views: Vec<EndpointView> = self
+            .endpoints
+            .iter()
+            .map(|slot| EndpointView {
+                url: slot.url.clone(),
+                backup: slot.backup,
+                state: slot.health.state(),
+                damped: slot.flap.damped(),
+                srtt: slot.srtt,
+                timeout: slot.timeout,
+                connecting: 0,
+                idle: 0,
+                leased: 0,
+                retiring: 0,
+            })
+            .collect();
+        for conn in self.conns.values() {
+            let view = &mut views[conn.endpoint];
+            let count = if conn.retiring {
+                &mut view.retiring
+            } else if !conn.connected {
+                &mut view.connecting
+            } else if conn.leased.is_some() {
+                &mut view.leased
+            } else {
+                &mut view.idle
+            };
+            *count += 1;
+        }
+        views
     }
 
     pub fn take_observations(&mut self) -> Vec<Observation> {
@@ -291,6 +367,13 @@ impl Pool {
             } => {
                 if let Some(conn) = self.conns.get_mut(id) {
                     conn.leased = None;
+                    if conn.retiring && *kept {
+                        // Kept for reuse, but a reload retired it meanwhile.
+                        actions.push(Action::Command(
+                            *id,
+                            Command::Close(1000, "retired by a configuration reload".into()),
+                        ));
+                    }
                     conn.retiring |= !kept;
                 }
                 let then = if *kept {
@@ -503,6 +586,143 @@ impl Pool {
         if let Some(conn) = self.conns.remove(&id) {
             self.endpoints[conn.endpoint].connecting -= 1;
         }
+    }
+
+    /// Take a reloaded configuration. Settings the pool alone uses apply at once.
+    /// Endpoints are matched by URL: new ones join, removed ones take no new
+    /// connections. Connections whose worker would now be built differently
+    /// (`replace_all`, or their endpoint removed) are replaced: idle ones are closed
+    /// now, leased ones when their session ends; their replacements are opened first.
+    pub fn reconfigure(
+        &mut self,
+        cfg: &PoolConfig,
+        replace_all: bool,
+        now: Instant,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.min = cfg.min;
+        self.max = cfg.max;
+        self.spare = cfg.spare;
+        self.lease_timeout = cfg.lease_timeout;
+        self.heal_timeout = cfg.heal_timeout;
+        self.idle_timeout = cfg.idle_timeout;
+        self.slow_start = cfg.slow_start;
+        self.rtt_alert = cfg.rtt_alert;
+        self.timeout_bounds = (cfg.heartbeat_timeout_min, cfg.heartbeat_timeout);
+        self.damping = Damping {
+            half_life: cfg.flap_half_life,
+            suppress: f64::from(cfg.flap_suppress),
+            reuse: f64::from(cfg.flap_reuse),
+        };
+        self.max_connecting = cfg.max_connecting.min(u32::MAX as usize) as u32;
+        self.warmup = cfg.connect_timeout + self.grace;
+        let wanted = wanted_endpoints(cfg);
+        for slot in &mut self.endpoints {
+            slot.removed = !wanted.iter().any(|(url, ..)| *url == slot.url);
+        }
+        for (url, backup, weight) in wanted {
+            let slot = match self.endpoints.iter_mut().find(|s| s.url == url) {
+                Some(slot) => slot,
+                None => {
+                    self.endpoints
+                        .push(EndpointSlot::new(cfg, url.clone(), backup, weight, now));
+                    self.endpoints.last_mut().expect("just pushed")
+                }
+            };
+            slot.backup = backup;
+            slot.weight = weight;
+            slot.health.retune(
+                cfg.down_after,
+                Backoff::new(cfg.backoff_base, cfg.backoff_max),
+                cfg.backoff_reset,
+            );
+        }
+        // Timeouts within the new bounds, handed to the connections at once.
+        let (low, high) = self.timeout_bounds;
+        for index in 0..self.endpoints.len() {
+            let slot = &mut self.endpoints[index];
+            let timeout = slot.timeout.clamp(low, high);
+            let timeout = if low == high { high } else { timeout };
+            slot.timeout = timeout;
+            if timeout != slot.timeout_sent {
+                slot.timeout_sent = timeout;
+                for (id, conn) in &self.conns {
+                    if conn.endpoint == index && !conn.retiring {
+                        actions.push(Action::Command(*id, Command::HeartbeatTimeout(timeout)));
+                    }
+                }
+            }
+        }
+        let mut replaced = 0;
+        for (id, conn) in &mut self.conns {
+            if conn.retiring || !(replace_all || self.endpoints[conn.endpoint].removed) {
+                continue;
+            }
+            conn.retiring = true;
+            replaced += 1;
+            if conn.leased.is_none() {
+                actions.push(Action::Command(
+                    *id,
+                    Command::Close(1000, "retired by a configuration reload".into()),
+                ));
+            }
+        }
+        if replaced > 0 {
+            let why = if replace_all {
+                "the settings its connections are built with changed"
+            } else {
+                "endpoints were removed"
+            };
+            let text = format!(
+                "reload: replacing {replaced} connection(s), {why}; sessions on them keep their connection until they end"
+            );
+            actions.push(Action::Notice(
+                Notice::new(Severity::Info, text).pool(&self.name),
+            ));
+        }
+        self.after_change(now, &mut actions);
+        actions
+    }
+
+    /// The pool was removed by a reload: open nothing more, close idle connections
+    /// now, turn away clients still waiting for a first connection (1001). Sessions
+    /// keep their connections until they end or the monitor closes them.
+    pub fn drain(&mut self, now: Instant) -> Vec<Action> {
+        let mut actions = Vec::new();
+        self.min = 0;
+        self.spare = 0;
+        self.max = 0;
+        for slot in &mut self.endpoints {
+            slot.removed = true;
+        }
+        for (id, conn) in &mut self.conns {
+            if conn.leased.is_none() && !conn.retiring {
+                conn.retiring = true;
+                actions.push(Action::Command(
+                    *id,
+                    Command::Close(1001, "pool removed from the configuration".into()),
+                ));
+            }
+        }
+        let reason = "pool removed from the configuration".to_string();
+        self.waiting.retain(|w| {
+            if w.heal {
+                return true;
+            }
+            actions.push(Action::Reject {
+                session: w.session,
+                code: 1001,
+                reason: reason.clone(),
+            });
+            false
+        });
+        self.after_change(now, &mut actions);
+        actions
+    }
+
+    /// Nothing left: no connection, no client waiting.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty() && self.waiting.is_empty()
     }
 
     /// Close every connection (shutdown or pool removal).
@@ -865,12 +1085,13 @@ impl Pool {
             return least_loaded(&|s| s.backup && s.in_rotation());
         }
         // Only damped endpoints are up: a flapping connection beats none.
-        if self.endpoints.iter().any(|s| s.health.state() == State::Up) {
-            return least_loaded(&|s| s.health.state() == State::Up);
+        let up_damped = |s: &EndpointSlot| s.health.state() == State::Up && !s.removed;
+        if self.endpoints.iter().any(up_damped) {
+            return least_loaded(&up_damped);
         }
         self.endpoints
             .iter()
-            .position(|s| s.health.may_attempt(now, s.connecting))
+            .position(|s| !s.removed && s.health.may_attempt(now, s.connecting))
     }
 
     /// An endpoint's load if it took one more connection, against its share: its
@@ -936,6 +1157,7 @@ impl Pool {
         for index in 0..self.endpoints.len() {
             let slot = &self.endpoints[index];
             if !slot.backup
+                && !slot.removed
                 && slot.health.state() != State::Up
                 && slot.health.may_attempt(now, slot.connecting)
             {

@@ -16,11 +16,15 @@ impl Pool {
         if !self.warm {
             return active;
         }
-        let primaries = self.endpoints.iter().filter(|s| !s.backup).count();
+        let primaries = self
+            .endpoints
+            .iter()
+            .filter(|s| !s.backup && !s.removed)
+            .count();
         let primaries_out = self
             .endpoints
             .iter()
-            .filter(|s| !s.backup && !s.in_rotation())
+            .filter(|s| !s.backup && !s.removed && !s.in_rotation())
             .count();
         let down_out =
             |slot: &EndpointSlot| matches!(slot.health.state(), State::Down | State::Probing);
@@ -28,6 +32,9 @@ impl Pool {
         // known state is stale, and not a condition.
         let backups_matter = !self.primary_up();
         for (index, slot) in self.endpoints.iter().enumerate() {
+            if slot.removed {
+                continue;
+            }
             if down_out(slot) && (!slot.backup || backups_matter) {
                 // Half the primaries or more gone is a warning; a backup is info.
                 let severity = if !slot.backup && primaries_out * 2 >= primaries {

@@ -18,6 +18,7 @@ use tungstenite::{Message, WebSocket};
 
 use crate::config::{Delivery, Endpoint, PoolConfig};
 use crate::event::{Cause, Client, Command, ConnId, Event, ToWorker};
+use crate::metrics::EndpointStats;
 use crate::session::{ClientRead, Healing, read_client};
 use crate::upstream::{self, Stream};
 
@@ -107,6 +108,8 @@ pub struct Worker {
     pub events: Sender<Event>,
     pub commands: Receiver<ToWorker>,
     pub shared: Arc<Shared>,
+    /// Its endpoint's counters: round trips and messages forwarded.
+    pub stats: Arc<EndpointStats>,
 }
 
 impl Worker {
@@ -483,6 +486,10 @@ impl<'a> Serve<'a> {
                     && payload.as_ref() == seq.to_be_bytes()
                 {
                     self.ping = None;
+                    self.worker
+                        .stats
+                        .rtt
+                        .observe(now.saturating_duration_since(sent));
                     if std::mem::take(&mut self.report_pong) {
                         let _ = self.worker.events.send(Event::Heartbeat {
                             id: self.worker.id,
@@ -594,6 +601,12 @@ impl<'a> Serve<'a> {
                 .remember(&pool.replay, message, pool.heal_buffer);
             bridge.written(self.seq + 1, message, keep);
         }
+        if !forward.is_empty() {
+            self.worker
+                .stats
+                .to_upstream
+                .fetch_add(forward.len() as u64, Ordering::Relaxed);
+        }
         for message in forward {
             // A stalled upstream surfaces as a write stall on the next turn.
             let _ = self.write(message, now);
@@ -608,6 +621,7 @@ impl<'a> Serve<'a> {
         let Some(bridge) = &mut self.client else {
             return;
         };
+        self.worker.stats.to_client.fetch_add(1, Ordering::Relaxed);
         match bridge.client.ws.write(message) {
             Ok(()) => {}
             Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {

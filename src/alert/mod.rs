@@ -34,6 +34,7 @@ pub struct Alerts {
     incidents: Sender<Box<Record>>,
     dropped: Arc<AtomicU64>,
     webhooks: Arc<Vec<(String, Arc<webhook::Stats>)>>,
+    syslog: Arc<webhook::Stats>,
 }
 
 impl Alerts {
@@ -57,6 +58,11 @@ impl Alerts {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    /// Lines written to syslog, failed (written to stderr instead), dropped.
+    pub fn syslog(&self) -> &webhook::Stats {
+        &self.syslog
+    }
+
     /// Each webhook receiver's name and counters.
     pub fn webhooks(&self) -> &[(String, Arc<webhook::Stats>)] {
         &self.webhooks
@@ -77,6 +83,8 @@ pub struct Alerter {
     /// To the log thread; lines it has no room for are counted in `log_dropped`.
     log: Sender<Notice>,
     log_dropped: u64,
+    /// The log's counters (lines dropped here are counted there too).
+    log_stats: Arc<webhook::Stats>,
     log_thread: Option<JoinHandle<()>>,
     journal: Option<Journal>,
     /// The journal failed and the operator was told; said again once it works.
@@ -107,10 +115,12 @@ impl Alerter {
             .map(|w| (w.name.clone(), w.stats.clone()))
             .collect();
         let (log, lines) = crossbeam_channel::bounded(QUEUE);
+        let syslog_stats = Arc::new(webhook::Stats::default());
         let writer = LogWriter {
             lines,
             syslog: config.syslog.then(|| syslog::Sink::new(config)),
             stderr,
+            stats: syslog_stats.clone(),
         };
         let log_thread = std::thread::Builder::new()
             .name("log".into())
@@ -124,6 +134,7 @@ impl Alerter {
             reported_dropped: 0,
             log,
             log_dropped: 0,
+            log_stats: syslog_stats.clone(),
             log_thread: Some(log_thread),
             journal,
             journal_failing: false,
@@ -134,6 +145,7 @@ impl Alerter {
             incidents: incidents_tx,
             dropped,
             webhooks: Arc::new(stats),
+            syslog: syslog_stats.clone(),
         };
         Ok((alerter, alerts))
     }
@@ -303,6 +315,7 @@ impl Alerter {
         }
         if self.log.try_send(notice.clone()).is_err() {
             self.log_dropped += 1;
+            self.log_stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -312,6 +325,7 @@ struct LogWriter {
     lines: Receiver<Notice>,
     syslog: Option<syslog::Sink>,
     stderr: bool,
+    stats: Arc<webhook::Stats>,
 }
 
 impl LogWriter {
@@ -320,6 +334,12 @@ impl LogWriter {
             let mut fell_back = None;
             if let Some(sink) = &mut self.syslog {
                 fell_back = sink.send(&notice);
+                let counter = if fell_back.is_some() {
+                    &self.stats.failed
+                } else {
+                    &self.stats.sent
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
             }
             if self.stderr || fell_back.is_some() {
                 let mut err = std::io::stderr().lock();

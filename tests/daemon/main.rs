@@ -10,5 +10,6 @@ mod heal;
 mod idle;
 mod incidents;
 mod receiver;
+mod service;
 mod syslog;
 mod util;

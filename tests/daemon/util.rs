@@ -120,6 +120,7 @@ pub fn start(config: &Config) -> Running {
         Options {
             stderr: false,
             observer: Some(tx),
+            notifier: None,
         },
     )
     .expect("daemon starts");

@@ -173,6 +173,7 @@ fn daemon(upstream: &str, pool: &str) -> Daemon {
         Options {
             stderr: false,
             observer: None,
+            notifier: None,
         },
     )
     .expect("start the daemon")

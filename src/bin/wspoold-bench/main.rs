@@ -101,6 +101,7 @@ fn idle(n: usize, seconds: u64) {
         Options {
             stderr: false,
             observer: Some(tx),
+            notifier: None,
         },
     )
     .expect("start the daemon");

@@ -1,0 +1,241 @@
+//! The daemon's state as the admin endpoint shows it: a snapshot the monitor publishes
+//! (never its own state), served as JSON at `/status`, as Prometheus text at
+//! `/metrics`, judged at `/healthz`, and printed as a table by `wspoold status`.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::Counts;
+
+/// The whole daemon.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Status {
+    pub host: String,
+    pub version: String,
+    /// RFC 3339 UTC.
+    pub started_at: String,
+    /// When the monitor published this snapshot.
+    pub at: String,
+    /// The monitor turned its loop recently (set by the admin server when it serves).
+    pub live: bool,
+    /// The configuration file in force, and when it was loaded.
+    pub config: String,
+    pub config_loaded_at: String,
+    pub pools: Vec<PoolStatus>,
+    pub incidents: Vec<IncidentStatus>,
+    pub alerts: Vec<SinkStatus>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PoolStatus {
+    pub name: String,
+    pub path: String,
+    pub min: usize,
+    pub max: usize,
+    /// Connections up and not retiring.
+    pub healthy: usize,
+    /// Sessions on a connection or healing.
+    pub sessions: usize,
+    /// Clients waiting for a connection.
+    pub waiting: usize,
+    /// Removed by a reload; its sessions are closing.
+    pub draining: bool,
+    pub healed: u64,
+    pub heal_failed: u64,
+    /// Clients refused with 1013.
+    pub refused: u64,
+    pub endpoints: Vec<EndpointStatus>,
+    #[serde(skip)]
+    pub heal_seconds: Counts,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    pub url: String,
+    pub backup: bool,
+    /// up, suspect, down or probing.
+    pub state: String,
+    /// Kept out of rotation for flapping.
+    pub damped: bool,
+    /// By state: connecting, idle, leased, retiring (every state present).
+    pub connections: BTreeMap<String, u64>,
+    /// Heartbeat round trips over the last minute.
+    pub rtt_p50_ms: Option<f64>,
+    pub rtt_p99_ms: Option<f64>,
+    /// The smoothed round trip and the heartbeat timeout now in force.
+    pub srtt_ms: Option<f64>,
+    pub heartbeat_timeout_ms: f64,
+    /// Connection attempts by result (ok, or the failure's cause).
+    pub connects: BTreeMap<String, u64>,
+    /// Connections that ended after they were up, by cause.
+    pub deaths: BTreeMap<String, u64>,
+    pub messages_to_upstream: u64,
+    pub messages_to_client: u64,
+    #[serde(skip)]
+    pub rtt: Counts,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IncidentStatus {
+    pub id: u64,
+    pub pool: String,
+    pub kind: String,
+    pub severity: String,
+    /// open or recovered (waiting out `resolve_after`).
+    pub state: String,
+    pub opened_at: String,
+    pub escalated: bool,
+    pub endpoints: Vec<String>,
+    pub summary: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SinkStatus {
+    pub name: String,
+    pub sent: u64,
+    pub failed: u64,
+    pub retried: u64,
+    pub dropped: u64,
+}
+
+impl Status {
+    /// Why the daemon is not healthy, one line per reason; empty when it is: the
+    /// monitor is live and every pool (but those draining) has a healthy connection.
+    pub fn unhealthy(&self) -> Vec<String> {
+        let mut why = Vec::new();
+        if !self.live {
+            why.push(format!(
+                "monitor: no progress since {}; the daemon is wedged",
+                self.at
+            ));
+        }
+        for pool in self.pools.iter().filter(|p| !p.draining) {
+            if pool.healthy == 0 {
+                let endpoints = pool
+                    .endpoints
+                    .iter()
+                    .map(|e| format!("{} {}", e.url, e.state))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                why.push(format!(
+                    "pool {}: no healthy connection (endpoints: {endpoints})",
+                    pool.name
+                ));
+            }
+        }
+        why
+    }
+}
+
+fn ms(v: Option<f64>) -> String {
+    match v {
+        None => "-".to_string(),
+        Some(v) if v < 10.0 => format!("{v:.2}ms"),
+        Some(v) => format!("{v:.0}ms"),
+    }
+}
+
+/// The table an operator reads at a glance.
+pub fn print_table(status: &Status, out: &mut impl Write) -> io::Result<()> {
+    writeln!(
+        out,
+        "wspoold {} on {}, up since {}, config {} (loaded {})",
+        status.version, status.host, status.started_at, status.config, status.config_loaded_at
+    )?;
+    let why = status.unhealthy();
+    if why.is_empty() {
+        writeln!(out, "health: ok")?;
+    } else {
+        for line in &why {
+            writeln!(out, "health: {line}")?;
+        }
+    }
+    for pool in &status.pools {
+        writeln!(out)?;
+        let draining = if pool.draining { ", draining" } else { "" };
+        writeln!(
+            out,
+            "pool {} ({}{draining}): {} healthy (min {}, max {}), {} session(s), {} waiting; heals {} ok, {} failed; {} refused",
+            pool.name,
+            pool.path,
+            pool.healthy,
+            pool.min,
+            pool.max,
+            pool.sessions,
+            pool.waiting,
+            pool.healed,
+            pool.heal_failed,
+            pool.refused
+        )?;
+        let width = pool
+            .endpoints
+            .iter()
+            .map(|e| e.url.len())
+            .max()
+            .unwrap_or(8)
+            .max(8);
+        writeln!(
+            out,
+            "  {:<width$}  {:<8} {:>5} {:>5} {:>6} {:>5}  {:>8} {:>8}  {:>7}  DEATHS",
+            "ENDPOINT", "STATE", "CONN", "IDLE", "LEASED", "RETIR", "RTT p50", "RTT p99", "TIMEOUT"
+        )?;
+        for e in &pool.endpoints {
+            let mut state = e.state.clone();
+            if e.damped {
+                state.push_str("/damped");
+            }
+            if e.backup {
+                state.push_str(" (b)");
+            }
+            let n = |k: &str| e.connections.get(k).copied().unwrap_or(0);
+            let deaths = if e.deaths.is_empty() {
+                "-".to_string()
+            } else {
+                e.deaths
+                    .iter()
+                    .map(|(cause, n)| format!("{cause}×{n}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            writeln!(
+                out,
+                "  {:<width$}  {:<8} {:>5} {:>5} {:>6} {:>5}  {:>8} {:>8}  {:>7}  {deaths}",
+                e.url,
+                state,
+                n("connecting"),
+                n("idle"),
+                n("leased"),
+                n("retiring"),
+                ms(e.rtt_p50_ms),
+                ms(e.rtt_p99_ms),
+                ms(Some(e.heartbeat_timeout_ms)),
+            )?;
+        }
+    }
+    writeln!(out)?;
+    if status.incidents.is_empty() {
+        writeln!(out, "incidents: none open")?;
+    } else {
+        writeln!(out, "incidents:")?;
+        for i in &status.incidents {
+            let escalated = if i.escalated { ", escalated" } else { "" };
+            writeln!(
+                out,
+                "  #{} {} {} {} in pool {} since {}{escalated}: {}",
+                i.id, i.severity, i.kind, i.state, i.pool, i.opened_at, i.summary
+            )?;
+        }
+    }
+    let failing: Vec<String> = status
+        .alerts
+        .iter()
+        .filter(|s| s.failed + s.dropped > 0)
+        .map(|s| format!("{} {} failed, {} dropped", s.name, s.failed, s.dropped))
+        .collect();
+    if !failing.is_empty() {
+        writeln!(out, "alerts: {}", failing.join("; "))?;
+    }
+    Ok(())
+}

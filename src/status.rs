@@ -178,8 +178,8 @@ pub fn print_table(status: &Status, out: &mut impl Write) -> io::Result<()> {
             .max(8);
         writeln!(
             out,
-            "  {:<width$}  {:<8} {:>5} {:>5} {:>6} {:>5}  {:>8} {:>8}  {:>7}  DEATHS",
-            "ENDPOINT", "STATE", "CONN", "IDLE", "LEASED", "RETIR", "RTT p50", "RTT p99", "TIMEOUT"
+            "  {:<width$}  {:<8} {:>5} {:>5} {:>6} {:>5}  {:>8} {:>8}  {:>7}  FAILURES",
+            "ENDPOINT", "STATE", "DIAL", "IDLE", "LEASED", "RETIR", "RTT p50", "RTT p99", "TIMEOUT"
         )?;
         for e in &pool.endpoints {
             let mut state = e.state.clone();
@@ -190,10 +190,16 @@ pub fn print_table(status: &Status, out: &mut impl Write) -> io::Result<()> {
                 state.push_str(" (b)");
             }
             let n = |k: &str| e.connections.get(k).copied().unwrap_or(0);
-            let deaths = if e.deaths.is_empty() {
+            // Deaths of live connections and failed attempts, by cause.
+            let mut failures = e.deaths.clone();
+            for (result, n) in e.connects.iter().filter(|(r, _)| *r != "ok") {
+                *failures.entry(result.clone()).or_default() += n;
+            }
+            failures.remove("retired");
+            let deaths = if failures.is_empty() {
                 "-".to_string()
             } else {
-                e.deaths
+                failures
                     .iter()
                     .map(|(cause, n)| format!("{cause}×{n}"))
                     .collect::<Vec<_>>()

@@ -449,3 +449,87 @@ fn sighup_applies_a_valid_config_keeps_an_invalid_one_out_and_sessions_stay_open
         assert!(exited.unwrap().success());
     });
 }
+
+#[test]
+fn wspoold_status_shows_a_failing_endpoint_at_a_glance() {
+    watchdog(60, || {
+        let up = Upstream::start().unwrap();
+        let refused = format!("ws://127.0.0.1:{}/", unused_port());
+        let mut daemon = start(&config(
+            &[up.url(), refused.clone()],
+            "min = 4\ndown_after = 2",
+        ));
+        let admin = daemon.daemon.as_ref().unwrap().admin_addr().to_string();
+        daemon.wait_healthy(4, SOON);
+        let mut ws = dial(daemon.daemon.as_ref().unwrap().listen_addr(), "/p", None).unwrap();
+        ws.send(Message::text("hello")).unwrap();
+        assert_eq!(next_data(&mut ws), Message::text("hello"));
+        let status = || {
+            Command::new(env!("CARGO_BIN_EXE_wspoold"))
+                .args(["status", "--admin", &admin])
+                .output()
+                .unwrap()
+        };
+        let shown = RefCell::new(String::new());
+        let good_url = up.url();
+        wait_until(
+            SOON,
+            || {
+                format!(
+                    "the refused endpoint down, a round trip measured:\n{}",
+                    shown.borrow()
+                )
+            },
+            || {
+                let out = status();
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                // The snapshot is up to a second old: it may still show the warm-up.
+                let healthy = out.status.code() == Some(0);
+                let row = |url: &str| {
+                    text.lines()
+                        .find(|l| l.trim_start().starts_with(url))
+                        .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+                        .unwrap_or_default()
+                };
+                // Out of rotation: down, or down with a probe dialling.
+                let down = row(&refused)
+                    .get(1)
+                    .is_some_and(|s| s == "down" || s == "probing");
+                let p50 = row(&good_url).get(6).is_some_and(|s| s != "-");
+                *shown.borrow_mut() = text;
+                healthy && down && p50
+            },
+        );
+        let shown = shown.into_inner();
+        println!("{shown}");
+        assert!(shown.contains("health: ok"), "{shown}");
+        assert!(shown.contains("pool p (/p)"), "{shown}");
+        assert!(shown.contains("1 session(s)"), "{shown}");
+        let good = shown.lines().find(|l| l.contains(&up.url())).unwrap();
+        assert!(good.contains(" up "), "{good}");
+        assert!(shown.contains("incidents:"), "{shown}");
+
+        // Nothing left: the same command says so and exits 3.
+        drop(ws);
+        up.kill();
+        wait_until(
+            Duration::from_secs(10),
+            || "wspoold status to exit 3".into(),
+            || status().status.code() == Some(3),
+        );
+        let out = status();
+        let shown = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            shown.contains("health: pool p: no healthy connection"),
+            "{shown}"
+        );
+        // And with no daemon to ask: exit 1, saying where it asked.
+        let gone = format!("127.0.0.1:{}", unused_port());
+        let out = Command::new(env!("CARGO_BIN_EXE_wspoold"))
+            .args(["status", "--admin", &gone])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&gone));
+    });
+}

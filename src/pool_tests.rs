@@ -849,3 +849,189 @@ fn heartbeat_timeouts_adapt_to_each_endpoints_round_trips_within_the_bounds() {
     assert!(!plain.pool.adaptive_timeouts());
     assert_eq!(plain.pool.heartbeat_timeout(0), Duration::from_secs(2));
 }
+
+/// The rig's pool as a reload would bring it: `endpoints` and `extra` replaced.
+fn reloaded(endpoints: &str, extra: &str) -> PoolConfig {
+    let text = format!(
+        "[pools.p]\nendpoints = [{endpoints}]\nbackup = [\"ws://z.test/\"]\nconnect_timeout = \"1s\"\nbackoff_base = \"100ms\"\nbackoff_max = \"1s\"\n{extra}\n"
+    );
+    Config::parse(&text, "reload")
+        .expect("parses")
+        .pools
+        .remove(0)
+}
+
+fn closes(actions: &[Action]) -> Vec<ConnId> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Command(id, Command::Close(..)) => Some(*id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Four connections up (two per primary), one of them leased to session 7.
+fn warm_with_a_session() -> (Rig, ConnId) {
+    let mut r = rig("min = 4\nspare = 0");
+    r.settle(&|_| Outcome::Up);
+    let actions = r.pool.lease(7, r.now);
+    let (leased, _) = attaches(&actions)[0];
+    r.actions.extend(actions);
+    r.settle(&|_| Outcome::Up);
+    (r, leased)
+}
+
+#[test]
+fn a_reload_of_pool_settings_alone_touches_no_connection() {
+    let (mut r, leased) = warm_with_a_session();
+    let before: Vec<ConnId> = r.pool.conn_ids().collect();
+    let cfg = reloaded(
+        "\"ws://a.test/\", \"ws://b.test/\"",
+        "min = 6\nspare = 0\nlease_timeout = \"9s\"",
+    );
+    let actions = r.pool.reconfigure(&cfg, false, r.now);
+    assert!(closes(&actions).is_empty(), "{actions:?}");
+    assert_eq!(Rig::spawns(&actions).len(), 2, "grown to the new min");
+    r.actions.extend(actions);
+    r.settle(&|_| Outcome::Up);
+    assert_eq!(r.pool.healthy(), 6);
+    assert!(before.iter().all(|id| r.pool.endpoint_of(*id).is_some()));
+    assert_eq!(r.pool.leased(), 1);
+    assert!(r.pool.endpoint_of(leased).is_some());
+}
+
+#[test]
+fn a_reload_that_removes_an_endpoint_replaces_only_its_connections() {
+    let (mut r, leased) = warm_with_a_session();
+    let gone = r.pool.endpoint_of(leased).unwrap();
+    let kept_url = if gone == 0 {
+        "ws://b.test/"
+    } else {
+        "ws://a.test/"
+    };
+    let on_gone: Vec<ConnId> = r
+        .pool
+        .conn_ids()
+        .filter(|id| r.pool.endpoint_of(*id) == Some(gone))
+        .collect();
+    let elsewhere: Vec<ConnId> = r
+        .pool
+        .conn_ids()
+        .filter(|id| r.pool.endpoint_of(*id) != Some(gone))
+        .collect();
+    assert_eq!((on_gone.len(), elsewhere.len()), (2, 2));
+    let cfg = reloaded(&format!("\"{kept_url}\""), "min = 4\nspare = 0");
+    let actions = r.pool.reconfigure(&cfg, false, r.now);
+    let closed = closes(&actions);
+    // The idle one on the removed endpoint closes; the leased one keeps its session.
+    let idle_gone: Vec<ConnId> = on_gone.iter().copied().filter(|id| *id != leased).collect();
+    assert_eq!(closed, idle_gone, "{actions:?}");
+    let spawned = Rig::spawns(&actions);
+    assert_eq!(spawned.len(), 2, "replacements for both, opened at once");
+    let kept_index = 1 - gone;
+    assert!(spawned.iter().all(|(_, e)| *e == kept_index), "{spawned:?}");
+    let notices = Rig::notices(&actions);
+    assert!(
+        notices.iter().any(|n| n
+            .text
+            .contains("replacing 2 connection(s), endpoints were removed")),
+        "{notices:?}"
+    );
+    r.actions.extend(actions);
+    r.settle(&|_| Outcome::Up);
+    assert_eq!(r.pool.leased(), 1, "the session is not disturbed");
+    // When the session ends, its connection (kept for reuse) is closed too.
+    r.event(Event::SessionEnded {
+        id: leased,
+        session: 7,
+        code: 1000,
+        why: "done".into(),
+        kept: true,
+    });
+    assert_eq!(closes(&r.take()), vec![leased]);
+    // The removed endpoint is never dialled again, even when the other goes down.
+    let views = r.pool.endpoint_views();
+    assert_eq!(views.len(), 3, "a removed slot stays (indexes are stable)");
+    assert!(r.pool.conditions(r.now).is_empty());
+}
+
+#[test]
+fn a_reload_that_changes_how_connections_are_built_replaces_all_idle_now_leased_later() {
+    let (mut r, leased) = warm_with_a_session();
+    let cfg = reloaded("\"ws://a.test/\", \"ws://b.test/\"", "min = 4\nspare = 0");
+    let actions = r.pool.reconfigure(&cfg, true, r.now);
+    let closed = closes(&actions);
+    assert_eq!(closed.len(), 3, "the three idle ones: {actions:?}");
+    assert!(!closed.contains(&leased));
+    assert_eq!(
+        Rig::spawns(&actions).len(),
+        4,
+        "min kept with fresh connections"
+    );
+    r.actions.extend(actions);
+    r.settle(&|_| Outcome::Up);
+    assert_eq!(
+        r.pool.healthy(),
+        4,
+        "the retiring leased one does not count"
+    );
+    assert_eq!(r.pool.leased(), 1);
+}
+
+#[test]
+fn a_reload_that_adds_an_endpoint_spreads_new_connections_onto_it() {
+    let (mut r, _) = warm_with_a_session();
+    let cfg = reloaded(
+        "\"ws://a.test/\", \"ws://b.test/\", \"ws://c.test/\"",
+        "min = 6\nspare = 0",
+    );
+    let actions = r.pool.reconfigure(&cfg, false, r.now);
+    assert!(closes(&actions).is_empty());
+    let spawned = Rig::spawns(&actions);
+    assert_eq!(spawned.len(), 2);
+    assert!(
+        spawned.iter().all(|(_, e)| *e == 3),
+        "the new, empty endpoint (slot 3, after the backup) is least loaded: {spawned:?}"
+    );
+    assert_eq!(r.pool.endpoint_url(3), "ws://c.test/");
+}
+
+#[test]
+fn a_drained_pool_opens_nothing_and_turns_away_new_clients_with_1001() {
+    let mut r = rig("min = 1\nmax = 1\nspare = 0");
+    r.settle(&|_| Outcome::Up);
+    let actions = r.pool.lease(1, r.now);
+    r.actions.extend(actions);
+    let actions = r.pool.lease(2, r.now);
+    assert!(
+        attaches(&actions).is_empty(),
+        "client 2 waits: the pool is at max"
+    );
+    let actions = r.pool.drain(r.now);
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::Reject {
+                session: 2,
+                code: 1001,
+                ..
+            }
+        )),
+        "{actions:?}"
+    );
+    assert!(Rig::spawns(&actions).is_empty());
+    assert!(closes(&actions).is_empty(), "the leased connection stays");
+    assert!(!r.pool.is_empty());
+    let leased: Vec<ConnId> = r.pool.conn_ids().collect();
+    r.event(Event::SessionEnded {
+        id: leased[0],
+        session: 1,
+        code: 1000,
+        why: "done".into(),
+        kept: false,
+    });
+    r.die(leased[0], Cause::Retired);
+    assert!(Rig::spawns(&r.take()).is_empty(), "nothing replaces it");
+    assert!(r.pool.is_empty());
+}

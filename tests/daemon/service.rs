@@ -533,3 +533,53 @@ fn wspoold_status_shows_a_failing_endpoint_at_a_glance() {
         assert!(String::from_utf8_lossy(&out.stderr).contains(&gone));
     });
 }
+
+#[test]
+fn a_reload_that_changes_headers_replaces_idle_connections_and_leaves_the_session_alone() {
+    watchdog(60, || {
+        let up = Upstream::start().unwrap();
+        let cfg = config(&[up.url()], "headers = { X-Generation = \"1\" }");
+        let mut daemon = start(&cfg);
+        daemon.wait_healthy(2, SOON);
+        let mut session = dial(daemon.daemon.as_ref().unwrap().listen_addr(), "/p", None).unwrap();
+        session.send(Message::text("before")).unwrap();
+        assert_eq!(next_data(&mut session), Message::text("before"));
+        let handshakes = up.handshakes();
+
+        let mut changed = cfg.clone();
+        changed.pools[0].headers = vec![("X-Generation".into(), "2".into())];
+        daemon
+            .daemon
+            .as_ref()
+            .unwrap()
+            .control()
+            .send(Control::Apply(Box::new(changed)))
+            .unwrap();
+        let notice = daemon.wait_notice(SOON, "reloaded");
+        assert!(
+            notice.text.contains("p (connections replaced for headers)"),
+            "{}",
+            notice.text
+        );
+        // Fresh connections carry the new header; the session's own is untouched.
+        wait_until(
+            SOON,
+            || format!("new handshakes, have {}", up.handshakes() - handshakes),
+            || up.handshakes() >= handshakes + 2,
+        );
+        let generation = up
+            .last_request_headers()
+            .into_iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("x-generation"))
+            .map(|(_, v)| v);
+        assert_eq!(generation.as_deref(), Some("2"));
+        session.send(Message::text("after")).unwrap();
+        assert_eq!(next_data(&mut session), Message::text("after"));
+        daemon.wait_healthy(2, SOON);
+        // The session kept its connection: it was never moved.
+        let moved = daemon.log.iter().any(|o| {
+            matches!(o, wspoold::event::Observation::Notice(n) if n.text.contains("healed onto"))
+        });
+        assert!(!moved, "{:#?}", daemon.log);
+    });
+}

@@ -8,6 +8,22 @@ use std::time::Duration;
 
 use crate::status::Status;
 
+/// The metric families of the external contract (DESIGN.md), every one present in
+/// `/metrics` from the start.
+pub const FAMILIES: [&str; 11] = [
+    "wspoold_connections",
+    "wspoold_endpoint_up",
+    "wspoold_connects_total",
+    "wspoold_deaths_total",
+    "wspoold_heartbeat_rtt_seconds",
+    "wspoold_sessions",
+    "wspoold_heals_total",
+    "wspoold_heal_seconds",
+    "wspoold_messages_total",
+    "wspoold_incidents_open",
+    "wspoold_alerts_total",
+];
+
 /// Histogram bucket bounds, in seconds: from a loopback round trip to a slow heal.
 pub const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,

@@ -72,19 +72,7 @@ fn sample_status() -> Status {
 #[test]
 fn the_text_format_has_every_family_and_escapes_labels() {
     let text = render(&sample_status());
-    for family in [
-        "wspoold_connections",
-        "wspoold_endpoint_up",
-        "wspoold_connects_total",
-        "wspoold_deaths_total",
-        "wspoold_heartbeat_rtt_seconds",
-        "wspoold_sessions",
-        "wspoold_heals_total",
-        "wspoold_heal_seconds",
-        "wspoold_messages_total",
-        "wspoold_incidents_open",
-        "wspoold_alerts_total",
-    ] {
+    for family in FAMILIES {
         assert!(
             text.contains(&format!("# TYPE {family} ")),
             "{family} missing:\n{text}"

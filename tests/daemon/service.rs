@@ -15,6 +15,7 @@ use tungstenite::Message;
 use wspoold::config::Config;
 use wspoold::event::Control;
 use wspoold::faults::{Upstream, unused_port};
+use wspoold::metrics::FAMILIES;
 use wspoold::notify::Notifier;
 use wspoold::status::Status;
 
@@ -111,19 +112,7 @@ fn metrics_status_and_healthz_follow_the_pool() {
                 let (code, body) = get(admin, "/metrics", None);
                 assert_eq!(code, 200);
                 let (families, samples) = parse_metrics(&body);
-                for family in [
-                    "wspoold_connections",
-                    "wspoold_endpoint_up",
-                    "wspoold_connects_total",
-                    "wspoold_deaths_total",
-                    "wspoold_heartbeat_rtt_seconds",
-                    "wspoold_sessions",
-                    "wspoold_heals_total",
-                    "wspoold_heal_seconds",
-                    "wspoold_messages_total",
-                    "wspoold_incidents_open",
-                    "wspoold_alerts_total",
-                ] {
+                for family in FAMILIES {
                     assert!(families.contains(family), "{family} missing:\n{body}");
                 }
                 assert_eq!(sample(&samples, &up_series), Some(1.0), "{body}");

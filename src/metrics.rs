@@ -30,6 +30,15 @@ pub const BUCKETS: [f64; 14] = [
 ];
 const SLOTS: usize = BUCKETS.len() + 1;
 
+/// The bucket a duration falls in: the first bound at or above it, else the last slot.
+fn slot(d: Duration) -> usize {
+    let secs = d.as_secs_f64();
+    BUCKETS
+        .iter()
+        .position(|b| secs <= *b)
+        .unwrap_or(BUCKETS.len())
+}
+
 /// A histogram many threads observe into.
 #[derive(Debug, Default)]
 pub struct Histogram {
@@ -39,12 +48,7 @@ pub struct Histogram {
 
 impl Histogram {
     pub fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let slot = BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(BUCKETS.len());
-        self.counts[slot].fetch_add(1, Ordering::Relaxed);
+        self.counts[slot(d)].fetch_add(1, Ordering::Relaxed);
         self.sum_micros
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
@@ -69,13 +73,8 @@ pub struct Counts {
 
 impl Counts {
     pub fn observe(&mut self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let slot = BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(BUCKETS.len());
-        self.buckets[slot] += 1;
-        self.sum += secs;
+        self.buckets[slot(d)] += 1;
+        self.sum += d.as_secs_f64();
     }
 
     pub fn count(&self) -> u64 {
@@ -150,10 +149,12 @@ struct Family<'a> {
     out: &'a mut String,
 }
 
-impl Family<'_> {
-    fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+impl<'a> Family<'a> {
+    /// Start a family: its HELP and TYPE lines.
+    fn new(out: &'a mut String, name: &str, kind: &str, help: &str) -> Family<'a> {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} {kind}");
+        Family { out }
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
@@ -198,21 +199,20 @@ pub fn render(status: &Status) -> String {
         })
     };
 
-    Family::header(
+    Family::new(
         &mut out,
         "wspoold_up",
         "gauge",
         "1 while the daemon's monitor is turning its loop.",
-    );
-    Family { out: &mut out }.sample("wspoold_up", &[], f64::from(u8::from(status.live)));
+    )
+    .sample("wspoold_up", &[], f64::from(u8::from(status.live)));
 
-    Family::header(
+    let mut f = Family::new(
         &mut out,
         "wspoold_connections",
         "gauge",
         "Upstream connections by state: connecting, idle, leased, retiring.",
     );
-    let mut f = Family { out: &mut out };
     for (pool, endpoint, e) in endpoints() {
         for (state, n) in &e.connections {
             f.sample(
@@ -223,13 +223,12 @@ pub fn render(status: &Status) -> String {
         }
     }
 
-    Family::header(
+    let mut f = Family::new(
         &mut out,
         "wspoold_endpoint_up",
         "gauge",
         "1 while the endpoint is in rotation (up and not damped).",
     );
-    let mut f = Family { out: &mut out };
     for (pool, endpoint, e) in endpoints() {
         let up = e.state == "up" && !e.damped;
         f.sample(
@@ -254,13 +253,12 @@ pub fn render(status: &Status) -> String {
         endpoints().map(|(p, u, e)| (p, u, &e.deaths)),
     );
 
-    Family::header(
+    let mut f = Family::new(
         &mut out,
         "wspoold_heartbeat_rtt_seconds",
         "histogram",
         "Heartbeat round trips, ping written to pong read.",
     );
-    let mut f = Family { out: &mut out };
     for (pool, endpoint, e) in endpoints() {
         f.histogram(
             "wspoold_heartbeat_rtt_seconds",
@@ -269,24 +267,22 @@ pub fn render(status: &Status) -> String {
         );
     }
 
-    Family::header(
+    let mut f = Family::new(
         &mut out,
         "wspoold_sessions",
         "gauge",
         "Local client sessions on a connection or healing.",
     );
-    let mut f = Family { out: &mut out };
     for p in pools() {
         f.sample("wspoold_sessions", &[("pool", &p.name)], p.sessions as f64);
     }
 
-    Family::header(
+    let mut f = Family::new(
         &mut out,
         "wspoold_heals_total",
         "counter",
         "Sessions whose connection died, by outcome: healed or failed (closed with 1011).",
     );
-    let mut f = Family { out: &mut out };
     for p in pools() {
         for (outcome, n) in [("healed", p.healed), ("failed", p.heal_failed)] {
             f.sample(
@@ -297,13 +293,12 @@ pub fn render(status: &Status) -> String {
         }
     }
 
-    Family::header(
+    let mut f = Family::new(
         &mut out,
         "wspoold_heal_seconds",
         "histogram",
         "From a session's connection dying to the session running on another.",
     );
-    let mut f = Family { out: &mut out };
     for p in pools() {
         f.histogram(
             "wspoold_heal_seconds",
@@ -312,13 +307,12 @@ pub fn render(status: &Status) -> String {
         );
     }
 
-    Family::header(
+    let mut f = Family::new(
         &mut out,
         "wspoold_messages_total",
         "counter",
         "Messages forwarded, by direction: to_upstream or to_client.",
     );
-    let mut f = Family { out: &mut out };
     for p in pools() {
         let up: u64 = p.endpoints.iter().map(|e| e.messages_to_upstream).sum();
         let down: u64 = p.endpoints.iter().map(|e| e.messages_to_client).sum();
@@ -331,13 +325,12 @@ pub fn render(status: &Status) -> String {
         }
     }
 
-    Family::header(
+    let mut f = Family::new(
         &mut out,
         "wspoold_incidents_open",
         "gauge",
         "Open incidents by severity.",
     );
-    let mut f = Family { out: &mut out };
     for severity in ["info", "warning", "critical"] {
         let n = status
             .incidents
@@ -351,13 +344,12 @@ pub fn render(status: &Status) -> String {
         );
     }
 
-    Family::header(
+    let mut f = Family::new(
         &mut out,
         "wspoold_alerts_total",
         "counter",
         "Alert deliveries by sink (syslog, or a webhook's name) and result: sent, failed, retried, dropped.",
     );
-    let mut f = Family { out: &mut out };
     for sink in &status.alerts {
         for (result, n) in [
             ("sent", sink.sent),
@@ -382,8 +374,7 @@ fn counters<'a>(
     key: &str,
     rows: impl Iterator<Item = (&'a str, &'a str, &'a BTreeMap<String, u64>)>,
 ) {
-    Family::header(out, name, "counter", help);
-    let mut f = Family { out };
+    let mut f = Family::new(out, name, "counter", help);
     for (pool, endpoint, counts) in rows {
         for (value, n) in counts {
             f.sample(

@@ -164,6 +164,14 @@ impl Health {
         }
     }
 
+    /// The probe was closed by us before it could pass or fail (retired, or its pool
+    /// reconfigured): back to waiting, with the next probe due as already scheduled.
+    pub fn abandoned(&mut self, now: Instant) {
+        if self.state == State::Probing {
+            self.enter(State::Down, now);
+        }
+    }
+
     /// The backoff starts over only after the endpoint stayed healthy for
     /// `backoff_reset`, so a flapping endpoint keeps being paced.
     pub fn tick(&mut self, now: Instant) {

@@ -128,12 +128,21 @@ struct Conn {
     connected: bool,
     /// Passed at least one heartbeat.
     proven: bool,
-    /// Opened to an endpoint out of rotation to see whether it is back; it does not
-    /// count toward `min` until it connects.
+    /// Opened to an endpoint out of rotation to see whether it is back; it counts
+    /// toward `min`, and may be retired as surplus, only once it has passed a
+    /// heartbeat (and with it brought the endpoint back).
     probe: bool,
     retiring: bool,
     /// The client it serves, if any.
     leased: Option<SessionId>,
+}
+
+impl Conn {
+    /// A probe that has not yet passed a heartbeat: the endpoint's way back, so it is
+    /// neither counted toward `min` nor retired as surplus.
+    fn on_trial(&self) -> bool {
+        self.probe && !self.proven
+    }
 }
 
 /// An endpoint as the status page shows it.
@@ -239,7 +248,7 @@ impl Pool {
     pub fn healthy(&self) -> usize {
         self.conns
             .values()
-            .filter(|c| c.connected && !c.retiring)
+            .filter(|c| c.connected && !c.retiring && !c.on_trial())
             .count()
     }
 
@@ -924,6 +933,11 @@ impl Pool {
             last_life,
         });
         if conn.retiring || *cause == Cause::Retired {
+            if conn.on_trial() {
+                // Closed by us before it could prove anything: the endpoint is not
+                // judged by it, but it must not stay waiting for this probe.
+                self.endpoints[index].health.abandoned(now);
+            }
             return;
         }
         // A connection that never proved itself, or that died of a sick path, counts
@@ -1129,11 +1143,12 @@ impl Pool {
         actions.push(Action::Spawn { id, endpoint });
     }
 
-    /// Connections that count toward `min`: not retiring, and not probes still dialling.
+    /// Connections that count toward `min`: not retiring, and not probes still on
+    /// trial.
     fn live(&self) -> usize {
         self.conns
             .values()
-            .filter(|c| !c.retiring && (c.connected || !c.probe))
+            .filter(|c| !c.retiring && !c.on_trial())
             .count()
     }
 
@@ -1176,7 +1191,7 @@ impl Pool {
         let victim = self
             .conns
             .iter()
-            .filter(|(_, c)| c.connected && !c.retiring && c.leased.is_none())
+            .filter(|(_, c)| c.connected && !c.retiring && c.leased.is_none() && !c.on_trial())
             .max_by_key(|(id, c)| {
                 let slot = &self.endpoints[c.endpoint];
                 (

@@ -341,6 +341,81 @@ fn a_probe_is_one_attempt_at_a_time() {
     );
 }
 
+/// Endpoint a (index 0) down with every connection on b, and the probe to a dialled
+/// and connected but not yet through a heartbeat; returns the probe's id.
+fn a_probe_connected_on_trial(r: &mut Rig) -> ConnId {
+    r.connect_all();
+    r.take();
+    let on_a: Vec<_> = r
+        .pool
+        .conn_ids()
+        .filter(|id| r.pool.endpoint_of(*id) == Some(0))
+        .collect();
+    for id in on_a {
+        r.die(id, Cause::Refused);
+    }
+    let a_refuses = |e: usize| if e == 0 { refused() } else { Outcome::Up };
+    r.settle(&a_refuses);
+    assert_eq!(r.pool.endpoint_state(0), State::Down);
+    let mut probe = None;
+    for _ in 0..100 {
+        r.advance(ms(50));
+        let actions = r.take();
+        if let Some((id, _)) = Rig::spawns(&actions).into_iter().find(|(_, e)| *e == 0) {
+            probe = Some(id);
+            break;
+        }
+    }
+    let probe = probe.expect("a probe to the down endpoint within 5s");
+    r.event(Event::Connected {
+        id: probe,
+        peer: "127.0.0.1:1".parse().unwrap(),
+        took: ms(1),
+    });
+    probe
+}
+
+#[test]
+fn a_connected_probe_is_not_surplus_until_its_heartbeat_brings_the_endpoint_back() {
+    let mut r = rig("down_after = 1");
+    let probe = a_probe_connected_on_trial(&mut r);
+    let actions = r.take();
+    assert!(
+        closes(&actions).is_empty(),
+        "nothing retired while the probe is on trial: {actions:?}"
+    );
+    assert_eq!(r.pool.endpoint_state(0), State::Probing);
+    assert_eq!(r.pool.healthy(), 4);
+    // Its heartbeat brings a back; only then is the pool over min, and the surplus
+    // retired is not the probe.
+    r.event(Event::Heartbeat {
+        id: probe,
+        sent: r.now,
+        rtt: Some(ms(1)),
+    });
+    assert_eq!(r.pool.endpoint_state(0), State::Up);
+    let retired = closes(&r.take());
+    assert_eq!(retired.len(), 1, "one surplus once a is back");
+    assert_ne!(retired[0], probe);
+}
+
+#[test]
+fn a_probe_closed_by_us_before_its_heartbeat_leaves_the_endpoint_probed_again() {
+    let mut r = rig("down_after = 1");
+    let probe = a_probe_connected_on_trial(&mut r);
+    r.take();
+    r.die(probe, Cause::Retired);
+    // Not left waiting for a probe that is gone: its backoff has run, so the next
+    // probe goes out at once, and brings a back.
+    let again = Rig::spawns(&r.take());
+    let (next, _) = *again
+        .iter()
+        .find(|(_, e)| *e == 0)
+        .unwrap_or_else(|| panic!("a new probe to a: {again:?}"));
+    r.connect(next);
+    assert_eq!(r.pool.endpoint_state(0), State::Up);
+}
+
 #[test]
 fn a_probe_that_passes_a_heartbeat_returns_the_endpoint_and_surplus_is_trimmed() {
     let mut r = rig("down_after = 1");

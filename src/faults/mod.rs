@@ -42,14 +42,22 @@ pub fn unused_port() -> u16 {
 }
 
 /// Listens on `addr` with SO_REUSEADDR (so a restart gets the same port even with
-/// connections in TIME_WAIT); the listener is non-blocking, for [`Acceptor`].
+/// connections in TIME_WAIT) and SO_REUSEPORT (so that [`Acceptor::stop`] can hold the
+/// port); the listener is non-blocking, for [`Acceptor`].
 pub(crate) fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
+    let socket = socket_for(addr)?;
     socket.bind(&addr.into())?;
     socket.listen(128)?;
     socket.set_nonblocking(true)?;
     Ok(socket.into())
+}
+
+/// A TCP socket for a fixture's port, with SO_REUSEADDR and SO_REUSEPORT.
+fn socket_for(addr: SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    Ok(socket)
 }
 
 /// Sets SO_LINGER to zero so that closing the last descriptor of `stream` sends a TCP
@@ -105,6 +113,7 @@ pub(crate) fn reap(threads: &mut Vec<JoinHandle<()>>) {
 /// A thread that accepts connections on a listener and hands each one to a callback,
 /// until it is stopped (explicitly or by drop), which closes the listener.
 pub(crate) struct Acceptor {
+    addr: SocketAddr,
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
 }
@@ -116,6 +125,7 @@ impl Acceptor {
         listener: TcpListener,
         mut on_accept: impl FnMut(TcpStream) + Send + 'static,
     ) -> io::Result<Acceptor> {
+        let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let handle = spawn(name, move || {
@@ -130,14 +140,26 @@ impl Acceptor {
             }
         })?;
         Ok(Acceptor {
+            addr,
             stop,
             handle: Some(handle),
         })
     }
 
-    /// Stops accepting and closes the listener; connects are refused once this returns.
-    pub(crate) fn stop(mut self) {
+    /// Stops accepting and closes the listener, holding its port: connects are
+    /// refused once this returns, and the kernel gives the port to no outgoing
+    /// connection and no bind to port 0 until the returned socket listens again (see
+    /// [`listen_held`]) or is dropped. Without the hold, a stopped fixture's port is
+    /// free for any of them to take, and the restart on it fails (seen on a busy test
+    /// run). None if the port could not be held; the restart binds afresh then.
+    pub(crate) fn stop(mut self) -> Option<Socket> {
+        // Bound beside the listener (both have SO_REUSEPORT) before it closes, and
+        // never listening until the restart.
+        let held = socket_for(self.addr)
+            .and_then(|socket| socket.bind(&self.addr.into()).map(|()| socket))
+            .ok();
         self.halt();
+        held
     }
 
     fn halt(&mut self) {
@@ -152,6 +174,19 @@ impl Acceptor {
 impl Drop for Acceptor {
     fn drop(&mut self) {
         self.halt();
+    }
+}
+
+/// Listens on `addr` again: on the socket held since the fixture stopped, if there is
+/// one, else on a new one.
+pub(crate) fn listen_held(held: Option<Socket>, addr: SocketAddr) -> io::Result<TcpListener> {
+    match held {
+        Some(socket) => {
+            socket.listen(128)?;
+            socket.set_nonblocking(true)?;
+            Ok(socket.into())
+        }
+        None => listen(addr),
     }
 }
 
@@ -203,6 +238,20 @@ pub(crate) mod testing {
 
     /// A client WebSocket over a plain TCP stream.
     pub type Client = WebSocket<TcpStream>;
+
+    /// Whether a socket without SO_REUSEADDR fails to bind `addr` because the port is
+    /// in use.
+    pub fn port_taken(addr: SocketAddr) -> bool {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("a TCP socket");
+        socket
+            .bind(&addr.into())
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse)
+    }
 
     /// Runs `body` on its own thread and fails the test if it does not finish in 20 s.
     pub fn watchdog(body: impl FnOnce() + Send + 'static) {

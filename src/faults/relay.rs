@@ -13,7 +13,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use super::{Acceptor, SETTLE, TICK, arm_reset, listen, reap, spawn, tick_stream, timed_out};
+use socket2::Socket;
+
+use super::{
+    Acceptor, SETTLE, TICK, arm_reset, listen, listen_held, reap, spawn, tick_stream, timed_out,
+};
 
 /// A fault the relay applies to its open and new connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +49,8 @@ pub struct Relay {
     addr: SocketAddr,
     target: SocketAddr,
     acceptor: Mutex<Option<Acceptor>>,
+    /// The port, held closed while refusing (see [`Acceptor::stop`]).
+    held: Mutex<Option<Socket>>,
 }
 
 struct Shared {
@@ -103,6 +109,7 @@ impl Relay {
             addr,
             target,
             acceptor: Mutex::new(Some(acceptor)),
+            held: Mutex::new(None),
         })
     }
 
@@ -145,7 +152,7 @@ impl Relay {
                 self.shared.state.lock().fault = Fault::Refuse;
                 self.shared.changed.notify_all();
                 if let Some(acceptor) = self.acceptor.lock().take() {
-                    acceptor.stop();
+                    *self.held.lock() = acceptor.stop();
                 }
             }
             _ => {
@@ -205,7 +212,7 @@ impl Relay {
     fn listen_again(&self) {
         let mut acceptor = self.acceptor.lock();
         if acceptor.is_none() {
-            let started = listen(self.addr)
+            let started = listen_held(self.held.lock().take(), self.addr)
                 .and_then(|listener| accept(&self.shared, listener, self.target))
                 .unwrap_or_else(|e| panic!("relay cannot listen again on {}: {e}", self.addr));
             *acceptor = Some(started);

@@ -144,6 +144,9 @@ fn refuse_refuses_and_pass_relistens() {
         relay.set(Fault::Refuse);
         let err = TcpStream::connect(addr).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
+        // The port stays reserved: another socket cannot bind it (one with
+        // SO_REUSEADDR could, as it could share any bound, unlistened port).
+        assert!(crate::faults::testing::port_taken(addr));
         echoes(&mut open, "still open");
         relay.set(Fault::Pass);
         let mut ws = client(addr, relay.url("/"));

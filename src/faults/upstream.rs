@@ -20,7 +20,11 @@ use tungstenite::http::StatusCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{Message, WebSocket};
 
-use super::{Acceptor, SETTLE, arm_reset, close, listen, reap, spawn, tick_stream, timed_out};
+use socket2::Socket;
+
+use super::{
+    Acceptor, SETTLE, arm_reset, close, listen, listen_held, reap, spawn, tick_stream, timed_out,
+};
 
 /// What the upstream does with connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +75,8 @@ pub struct Upstream {
     shared: Arc<Shared>,
     addr: SocketAddr,
     acceptor: Mutex<Option<Acceptor>>,
+    /// The port, held closed while killed (see [`Acceptor::stop`]).
+    held: Mutex<Option<Socket>>,
 }
 
 struct Shared {
@@ -136,6 +142,7 @@ impl Upstream {
             shared,
             addr,
             acceptor: Mutex::new(Some(acceptor)),
+            held: Mutex::new(None),
         })
     }
 
@@ -210,11 +217,11 @@ impl Upstream {
         }
     }
 
-    /// Stops listening (connects are refused once this returns) and resets every open
-    /// connection.
+    /// Stops listening (connects are refused once this returns, and the port stays
+    /// reserved for the restart) and resets every open connection.
     pub fn kill(&self) {
         if let Some(acceptor) = self.acceptor.lock().take() {
-            acceptor.stop();
+            *self.held.lock() = acceptor.stop();
         }
         self.cut(Cut::Reset);
     }
@@ -224,7 +231,8 @@ impl Upstream {
     pub fn restart(&self) -> io::Result<()> {
         let mut acceptor = self.acceptor.lock();
         if acceptor.is_none() {
-            *acceptor = Some(accept(&self.shared, listen(self.addr)?)?);
+            let listener = listen_held(self.held.lock().take(), self.addr)?;
+            *acceptor = Some(accept(&self.shared, listener)?);
         }
         Ok(())
     }

@@ -181,6 +181,9 @@ fn kill_refuses_and_restart_serves_on_the_same_port() {
         assert_reset(recv(&mut ws, Duration::from_secs(5)));
         let err = TcpStream::connect(addr).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+        // The port stays reserved: another socket cannot bind it (one with
+        // SO_REUSEADDR could, as it could share any bound, unlistened port).
+        assert!(crate::faults::testing::port_taken(addr));
         up.restart().unwrap();
         assert_eq!(up.addr(), addr);
         let mut ws = client(addr, up.url());

@@ -33,15 +33,7 @@ fn per_endpoint(d: &Running) -> HashMap<String, usize> {
 
 /// Wait (polling the observations) until `check` holds for the per-endpoint counts.
 fn wait_counts(d: &mut Running, what: &str, check: impl Fn(&HashMap<String, usize>) -> bool) {
-    let deadline = std::time::Instant::now() + SOON;
-    while !check(&per_endpoint(d)) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "waited for {what}; per endpoint: {:?}",
-            per_endpoint(d)
-        );
-        d.collect_for(Duration::from_millis(20));
-    }
+    d.wait_state(SOON, what, |d| check(&per_endpoint(d)));
 }
 
 #[test]

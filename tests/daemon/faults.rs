@@ -184,7 +184,11 @@ fn every_endpoint_down_is_critical_paced_and_recovers() {
         d.wait_healthy(2, SOON);
         up.kill();
         let notice = d.wait_notice(SOON, "pool down");
-        assert_eq!(notice.severity, wspoold::event::Severity::Critical);
+        assert_eq!(
+            notice.severity,
+            wspoold::event::Severity::Critical,
+            "{notice:?}"
+        );
         // Backoff paces the probes: with a 300 ms ceiling, two endpoints are tried a
         // handful of times a second, not thousands.
         let window = d.collect_for(Duration::from_secs(1));
@@ -258,7 +262,8 @@ fn an_adaptive_heartbeat_timeout_finds_a_frozen_fast_upstream_well_inside_the_fi
         cfg.pools[0].heartbeat_timeout_min = Duration::from_millis(50);
         let mut d = start(&cfg);
         d.wait_healthy(2, SOON);
-        let adapted = d.wait_notice(SOON, "heartbeat timeout adapted to 50ms");
+        // At the floor on an idle machine; a few milliseconds above it on a busy one.
+        let adapted = d.wait_notice(SOON, "heartbeat timeout adapted to ");
         assert_eq!(adapted.endpoint.as_deref(), Some(up.url().as_str()));
         // The workers were told before the line was logged.
         up.set_mode(Mode::Freeze);

@@ -296,7 +296,8 @@ fn a_receiver_answering_500_is_retried_until_it_recovers_and_a_400_is_not() {
             "the same notification"
         );
         assert_eq!(attempts[0]["status"], "firing");
-        assert_eq!(wrong.next(SOON).body["status"], "firing");
+        let refused = wrong.next(SOON).body;
+        assert_eq!(refused["status"], "firing");
         let lines = log.read_until_all(
             SOON,
             &[
@@ -307,9 +308,12 @@ fn a_receiver_answering_500_is_retried_until_it_recovers_and_a_400_is_not() {
         let line = lines.iter().find(|l| l.contains("webhook wrong:")).unwrap();
         assert!(line.contains("after 1 attempt(s): HTTP 400"), "{line}");
         assert!(line.starts_with("<28>"), "a warning: {line}");
+        // Later notifications of the incident may come (on a loaded machine its
+        // severity can rise); the refused one is not sent again.
+        let later = wrong.drain_for(Duration::from_millis(500));
         assert!(
-            wrong.drain_for(Duration::from_millis(500)).is_empty(),
-            "a 400 is not retried"
+            later.iter().all(|p| p.body != refused),
+            "a 400 is not retried: {later:#?}"
         );
         drop(d);
     });

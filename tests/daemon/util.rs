@@ -109,6 +109,10 @@ pub struct Running {
     pub seen: Receiver<Observation>,
     /// Everything observed so far, for failure messages and later checks.
     pub log: Vec<Observation>,
+    /// How much of `log` the waits for events have gone through: the next one starts
+    /// its search there. Waits for a state (`wait_healthy`) read the log without
+    /// moving it, so an event that arrived while waiting for a state is still found.
+    cursor: usize,
     /// Its `state_dir`, removed with it if it is a test's.
     pub state_dir: PathBuf,
 }
@@ -128,12 +132,14 @@ pub fn start(config: &Config) -> Running {
         daemon: Some(daemon),
         seen: rx,
         log: Vec::new(),
+        cursor: 0,
         state_dir: config.daemon.state_dir.clone(),
     }
 }
 
 impl Running {
-    /// The first observation, from now on, that `matches`, within `within`.
+    /// The first observation that `matches`, within `within`, among those not yet
+    /// gone through by an earlier wait for an event.
     pub fn wait_for(
         &mut self,
         within: Duration,
@@ -142,36 +148,70 @@ impl Running {
     ) -> Observation {
         let deadline = Instant::now() + within;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.seen.recv_timeout(left) {
-                Ok(o) => {
-                    self.log.push(o.clone());
-                    if matches(&o) {
-                        return o;
-                    }
-                }
-                Err(_) => panic!(
+            if let Some(offset) = self.log[self.cursor..].iter().position(&matches) {
+                let found = self.cursor + offset;
+                self.cursor = found + 1;
+                return self.log[found].clone();
+            }
+            self.cursor = self.log.len();
+            if !self.receive(deadline) {
+                panic!(
                     "waited {within:?} for {what}; observed:\n{}",
                     self.log
                         .iter()
                         .map(|o| format!("  {o:?}"))
                         .collect::<Vec<_>>()
                         .join("\n")
-                ),
+                );
             }
         }
     }
 
+    /// Receive one observation into the log, waiting until `deadline`; false if none
+    /// came.
+    fn receive(&mut self, deadline: Instant) -> bool {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match self.seen.recv_timeout(left) {
+            Ok(o) => {
+                self.log.push(o);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Everything observed that no wait has gone through yet, without waiting; the
+    /// next wait for an event starts after it.
+    pub fn take_ready(&mut self) -> Vec<Observation> {
+        while let Ok(o) = self.seen.try_recv() {
+            self.log.push(o);
+        }
+        let ready = self.log[self.cursor..].to_vec();
+        self.cursor = self.log.len();
+        ready
+    }
+
     /// Wait until the pool has `n` healthy connections.
     pub fn wait_healthy(&mut self, n: usize, within: Duration) {
-        if self.healthy() >= n {
-            return;
+        self.wait_state(within, &format!("{n} healthy"), |d| d.healthy() >= n);
+    }
+
+    /// Wait until `holds` says yes about what has been observed. A state, not an
+    /// event: what arrives meanwhile stays for the next wait for an event.
+    pub fn wait_state(&mut self, within: Duration, what: &str, holds: impl Fn(&Running) -> bool) {
+        let deadline = Instant::now() + within;
+        while !holds(self) {
+            if !self.receive(deadline) {
+                panic!(
+                    "waited {within:?} for {what}; observed:\n{}",
+                    self.log
+                        .iter()
+                        .map(|o| format!("  {o:?}"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+            }
         }
-        self.wait_for(
-            within,
-            &format!("{n} healthy"),
-            |o| matches!(o, Observation::Health { healthy, .. } if *healthy >= n),
-        );
     }
 
     /// Healthy connections as last observed.
@@ -243,14 +283,11 @@ impl Running {
     /// condition: the window is the measurement.
     pub fn collect_for(&mut self, window: Duration) -> Vec<Observation> {
         let deadline = Instant::now() + window;
-        let mut got = Vec::new();
-        while let Ok(o) = self
-            .seen
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-        {
-            self.log.push(o.clone());
-            got.push(o);
-        }
+        let mut got = self.take_ready();
+        let from = self.log.len();
+        while self.receive(deadline) {}
+        got.extend_from_slice(&self.log[from..]);
+        self.cursor = self.log.len();
         got
     }
 

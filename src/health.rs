@@ -132,6 +132,22 @@ impl Health {
         }
     }
 
+    /// A connection that had been up died in a way that counts against the endpoint.
+    /// While the endpoint is in rotation (or suspect) that is a failure like any other;
+    /// once it is out, the deaths of connections made before are counted but neither
+    /// pace the next probe further nor end a probe in flight: the thousand connections
+    /// one upstream restart drops are one sign, not a thousand steps of backoff.
+    pub fn lost(&mut self, cause: &Cause, now: Instant, rng: &mut Rng) -> Option<Transition> {
+        match self.state {
+            State::Up | State::Suspect => self.failed(cause, now, rng),
+            State::Down | State::Probing => {
+                self.failures = self.failures.saturating_add(1);
+                self.healthy_since = None;
+                None
+            }
+        }
+    }
+
     /// A heartbeat sent at `sent` came back. Pongs to pings sent before the endpoint fell
     /// from grace prove nothing about it now.
     pub fn passed_heartbeat(&mut self, sent: Instant, now: Instant) -> Option<Transition> {
@@ -234,6 +250,26 @@ mod tests {
         assert_eq!(h.failed(&Cause::Refused, due, &mut rng), None);
         assert_eq!(h.state(), State::Down);
         assert!(h.backoff_ceiling() >= ms(800));
+    }
+
+    #[test]
+    fn a_thousand_deaths_at_once_pace_the_next_probe_like_the_first_few() {
+        let t0 = Instant::now();
+        let mut h = health(t0);
+        let mut rng = Rng::new(3);
+        for _ in 0..1000 {
+            h.lost(&Cause::Reset, t0, &mut rng);
+        }
+        assert_eq!(h.state(), State::Down);
+        assert_eq!(h.failures(), 1000);
+        // Three steps of a 100 ms backoff (down_after = 3), not a thousand: well
+        // under the 10 s ceiling.
+        let due = h.next_attempt().unwrap();
+        assert!(due <= t0 + ms(1_000), "next probe {:?} out", due - t0);
+        h.attempting(due);
+        // An old connection dying while the probe is out does not end the probe.
+        assert_eq!(h.lost(&Cause::Reset, due, &mut rng), None);
+        assert_eq!(h.state(), State::Probing);
     }
 
     #[test]

@@ -947,12 +947,13 @@ impl Pool {
             || matches!(cause, Cause::Protocol(_))
             || !conn.proven;
         let before = self.endpoints[index].health.state();
-        let transition = if counts {
-            self.endpoints[index]
-                .health
-                .failed(cause, now, &mut self.rng)
-        } else {
+        let health = &mut self.endpoints[index].health;
+        let transition = if !counts {
             None
+        } else if conn.connected && !conn.on_trial() {
+            health.lost(cause, now, &mut self.rng)
+        } else {
+            health.failed(cause, now, &mut self.rng)
         };
         let what = if conn.connected {
             format!(

@@ -1,169 +1,264 @@
-//! `wspoold-bench`: what wspoold costs and how fast it heals, each figure against a
-//! baseline measured in the same run.
+//! `wspoold-bench`: what wspoold costs, how fast it heals and how far it scales, each
+//! figure against a baseline or a peer measured in the same run.
 //!
-//! - `idle [CONNECTIONS] [SECONDS]`: what idle pooled connections cost, against the
-//!   same process before its pool started. The upstream runs in a child process so
-//!   that only the daemon is measured.
-//! - `bridge [ROUND_TRIPS] [KILLS]`: round-trip latency and throughput of a client
-//!   talking to an upstream directly and through wspoold, and the time a session takes
-//!   to heal after its upstream connection is killed, with a warm spare and without.
+//! - `report [--quick] [--out DIR]`: every benchmark below; writes
+//!   `DIR/benchmarks.md` and `DIR/benchmarks.svg` (DIR defaults to `docs`).
+//! - `idle N SECONDS`, `live N SECONDS`, `storm N`: one scale measurement, printed as
+//!   a JSON line (the report runs each in a child process of its own).
+//! - `serve PORT`: the upstream child, an echo server that runs until its stdin closes.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use wspoold::config::Config;
-use wspoold::daemon::{Daemon, Options};
-use wspoold::event::Observation;
-use wspoold::faults::Upstream;
+mod client;
+mod echo;
+mod heal;
+mod overhead;
+mod peers;
+mod report;
+mod scale;
 
-mod bridge;
+use echo::Fault;
+use heal::System;
+
+const USAGE: &str = "usage: wspoold-bench report [--quick] [--out DIR]
+       wspoold-bench idle CONNECTIONS SECONDS
+       wspoold-bench live SESSIONS SECONDS
+       wspoold-bench storm CONNECTIONS";
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("serve") => serve(),
-        Some("idle") => {
-            let n = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
-            let seconds = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10);
-            idle(n, seconds);
-        }
-        Some("bridge") => {
-            let trips = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5000);
-            let kills = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(30);
-            bridge::run(trips, kills);
-        }
-        _ => {
-            eprintln!(
-                "usage: wspoold-bench idle [CONNECTIONS] [SECONDS]\n       wspoold-bench bridge [ROUND_TRIPS] [KILLS]"
-            );
-            std::process::exit(1);
-        }
-    }
-}
-
-/// The child: an upstream that prints its URL and runs until its stdin closes.
-fn serve() {
-    let upstream = Upstream::start().expect("start the upstream");
-    println!("{}", upstream.url());
-    let _ = std::io::stdin().lines().count();
-}
-
-/// Resident memory in KiB, from /proc/self/status.
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
-/// CPU seconds used so far by this process's threads whose name starts with `prefix`.
-fn cpu_of(prefix: &str) -> f64 {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return 0.0;
+    let number = |i: usize| -> u64 {
+        args.get(i)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| usage(&format!("argument {i} must be a number")))
     };
-    tasks
-        .flatten()
-        .filter(|t| {
-            std::fs::read_to_string(t.path().join("comm")).is_ok_and(|n| n.starts_with(prefix))
-        })
-        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-        .sum::<f64>()
-        / 1e9
+    match args.first().map(String::as_str) {
+        Some("report") => report(&args[1..]),
+        Some("overhead") => overhead_child(number(1) as usize, args.iter().any(|a| a == "--pin")),
+        Some("serve") => scale::serve(number(1) as u16),
+        Some("idle") => scale::idle(number(1) as usize, number(2)),
+        Some("live") => scale::live(number(1) as usize, number(2)),
+        Some("storm") => scale::storm(number(1) as usize),
+        _ => usage("no such benchmark"),
+    }
 }
 
-fn idle(n: usize, seconds: u64) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .arg("serve")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the upstream process");
-    let mut url = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut url)
-        .unwrap();
-    let text = format!(
-        "[daemon]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nmax_connections = {}\n[alerts]\nsyslog = false\n[pools.bench]\nendpoints = [\"{}\"]\nmin = {n}\nmax = {n}\nheartbeat_interval = \"1s\"\nheartbeat_timeout = \"2s\"\nconnect_timeout = \"10s\"\n",
-        n + 16,
-        url.trim()
-    );
-    let config = Config::parse(&text, "<bench>").expect("bench config");
-    let (tx, rx) = crossbeam_channel::unbounded();
-    let rss_before = rss_kib();
-    let threads_before = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
-    let started = Instant::now();
-    let daemon = Daemon::start(
-        &config,
-        Options {
-            stderr: false,
-            observer: Some(tx),
-            notifier: None,
-        },
-    )
-    .expect("start the daemon");
-    let mut deaths = 0;
-    loop {
-        match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Observation::Health { healthy, .. }) if healthy >= n => break,
-            Ok(Observation::Died { .. }) => deaths += 1,
-            Ok(_) => {}
-            Err(_) => panic!("the pool did not reach {n} connections in 60 s"),
+/// `overhead TRIPS [--pin]`: every path measured, printed as a JSON line. With
+/// `--pin`, this process and the peers it starts run on CPU 0 only.
+fn overhead_child(trips: usize, pin: bool) {
+    if pin {
+        // SAFETY: a zeroed cpu_set_t with one bit set, passed with its size.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
         }
     }
-    let warm = started.elapsed();
-    let rss = rss_kib();
-    let threads = std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count());
-    let (workers0, monitor0) = (cpu_of("worker-"), cpu_of("monitor"));
-    let window = Instant::now();
-    let deadline = window + Duration::from_secs(seconds);
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        if let Ok(Observation::Died { .. }) = rx.recv_timeout(left) {
-            deaths += 1;
+    let echo = echo::Echo::start(0, None, false);
+    let mut paths = Vec::new();
+    let mut missing = Vec::new();
+    for path in [
+        Ok(peers::direct(&echo.url())),
+        Ok(peers::wspoold(&echo.url(), "min = 1\nspare = 1", None)),
+        peers::websocat(&echo.url(), &[], ""),
+        peers::nginx(echo.addr()),
+        peers::haproxy(echo.addr()),
+    ] {
+        match path {
+            Ok(path) => paths.push(path),
+            Err(m) => missing.push(serde_json::json!({"name": m.name, "why": m.why})),
         }
     }
-    let elapsed = window.elapsed().as_secs_f64();
-    let workers = (cpu_of("worker-") - workers0) / elapsed;
-    let monitor = (cpu_of("monitor") - monitor0) / elapsed;
-    let stop = Instant::now();
-    daemon.shutdown();
-    let shutdown = stop.elapsed();
-    drop(child.stdin.take());
-    let _ = child.wait();
+    let rows = overhead::measure_all(&paths, trips);
+    drop(paths);
+    let rows: Vec<_> = rows.iter().map(overhead::Overhead::to_json).collect();
+    println!("{}", serde_json::json!({"rows": rows, "missing": missing}));
+}
 
-    println!("wspoold-bench idle: {n} connections, heartbeat 1s, {seconds} s measured\n");
-    println!("| measure | value |");
-    println!("|---|---|");
-    println!(
-        "| warm-up to {n} connections | {:.2} s |",
-        warm.as_secs_f64()
+fn usage(why: &str) -> ! {
+    eprintln!("wspoold-bench: {why}\n{USAGE}");
+    std::process::exit(2);
+}
+
+/// Sizes of a full run, or of a quick one (a smoke test of the harness).
+struct Plan {
+    trips: usize,
+    kills: usize,
+    silences: usize,
+    idle: Vec<usize>,
+    idle_seconds: u64,
+    live: usize,
+    storm: usize,
+}
+
+fn report(args: &[String]) {
+    let quick = args.iter().any(|a| a == "--quick");
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .map(|i| {
+            args.get(i + 1)
+                .cloned()
+                .unwrap_or_else(|| usage("--out needs a directory"))
+        })
+        .unwrap_or_else(|| "docs".to_string());
+    let plan = if quick {
+        Plan {
+            trips: 2_000,
+            kills: 3,
+            silences: 1,
+            idle: vec![1_000],
+            idle_seconds: 3,
+            live: 200,
+            storm: 200,
+        }
+    } else {
+        Plan {
+            trips: 20_000,
+            kills: 20,
+            silences: 5,
+            idle: vec![1_000, 5_000, 10_000],
+            idle_seconds: 10,
+            live: 1_000,
+            storm: 1_000,
+        }
+    };
+    let started = Instant::now();
+    let mut command = "cargo run --release --bin wspoold-bench -- report".to_string();
+    if quick {
+        command.push_str(" --quick");
+    }
+
+    let mut overhead = Vec::new();
+    let mut missing = Vec::new();
+    for pin in [false, true] {
+        eprintln!(
+            "overhead: {} round trips per path{}",
+            plan.trips,
+            if pin { ", every thread on CPU 0" } else { "" }
+        );
+        let trips = plan.trips.to_string();
+        let mut args = vec!["overhead", trips.as_str()];
+        if pin {
+            args.push("--pin");
+        }
+        let v = scale::in_child(&args);
+        let rows: Vec<overhead::Overhead> = v["rows"]
+            .as_array()
+            .map(|a| a.iter().map(overhead::Overhead::from_json).collect())
+            .unwrap_or_default();
+        overhead.push(rows);
+        if !pin {
+            missing = v["missing"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|m| {
+                            (
+                                m["name"].as_str().unwrap_or("?").to_string(),
+                                m["why"].as_str().unwrap_or("?").to_string(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+        }
+    }
+
+    let mut heal = Vec::new();
+    for fault in [Fault::Kill, Fault::Reset, Fault::Silence] {
+        let reps = if fault == Fault::Silence {
+            plan.silences
+        } else {
+            plan.kills
+        };
+        for system in [System::Wspoold, System::Websocat] {
+            eprintln!("heal: {} × {fault:?}, {}", reps, system.label());
+            match heal::run(system, fault, reps) {
+                Ok(row) => heal.push(row),
+                Err(m) => eprintln!("  not measured: {}", m.why),
+            }
+        }
+    }
+
+    let mut idle = Vec::new();
+    for n in &plan.idle {
+        eprintln!("scale: {n} idle connections");
+        idle.push(scale::in_child(&[
+            "idle",
+            &n.to_string(),
+            &plan.idle_seconds.to_string(),
+        ]));
+    }
+    eprintln!("scale: {} live sessions", plan.live);
+    let live = scale::in_child(&[
+        "live",
+        &plan.live.to_string(),
+        &plan.idle_seconds.to_string(),
+    ]);
+    eprintln!("storm: {} connections killed at once", plan.storm);
+    let storm = scale::in_child(&["storm", &plan.storm.to_string()]);
+
+    let results = report::Results {
+        command,
+        machine: machine(),
+        overhead,
+        missing,
+        heal,
+        idle,
+        live,
+        storm,
+        took: started.elapsed(),
+    };
+    std::fs::create_dir_all(&out).unwrap_or_else(|e| panic!("cannot create {out}: {e}"));
+    let md = format!("{out}/benchmarks.md");
+    let svg = format!("{out}/benchmarks.svg");
+    std::fs::write(&md, report::markdown(&results))
+        .unwrap_or_else(|e| panic!("cannot write {md}: {e}"));
+    std::fs::write(&svg, report::svg(&results))
+        .unwrap_or_else(|e| panic!("cannot write {svg}: {e}"));
+    eprintln!(
+        "wrote {md} and {svg} in {:.0} s",
+        started.elapsed().as_secs_f64()
     );
-    println!(
-        "| resident memory per connection (over the process before start, {rss_before} KiB) | {:.1} KiB |",
-        (rss.saturating_sub(rss_before)) as f64 / n as f64
-    );
-    println!(
-        "| threads per connection | {:.3} |",
-        (threads - threads_before) as f64 / n as f64
-    );
-    println!(
-        "| worker CPU, idle | {:.2} % of one core |",
-        workers * 100.0
-    );
-    println!(
-        "| monitor CPU, idle | {:.2} % of one core |",
-        monitor * 100.0
-    );
-    println!(
-        "| worker CPU per connection-heartbeat | {:.1} µs |",
-        workers * 1e6 / n as f64
-    );
-    println!("| connections that died while idle | {deaths} |");
-    println!(
-        "| shutdown (close 1001, join all) | {:.0} ms |",
-        shutdown.as_secs_f64() * 1e3
-    );
+}
+
+/// The machine and the programs measured, for the report.
+fn machine() -> Vec<(String, String)> {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or("unknown".into(), |kib| {
+            format!("{:.1} GiB", kib as f64 / (1 << 20) as f64)
+        });
+    let mut rows = vec![
+        ("CPU".to_string(), format!("{cpu}, {cores} cores")),
+        ("memory".into(), memory),
+        (
+            "kernel".into(),
+            format!("Linux {}", read("/proc/sys/kernel/osrelease").trim()),
+        ),
+        (
+            "wspoold".into(),
+            format!(
+                "{} (release build, in the bench process)",
+                env!("CARGO_PKG_VERSION")
+            ),
+        ),
+    ];
+    for program in ["websocat", "nginx", "haproxy"] {
+        let version =
+            peers::version(program).unwrap_or_else(|why| format!("not installed ({why})"));
+        rows.push((program.to_string(), version));
+    }
+    rows
 }

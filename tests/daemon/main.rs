@@ -11,5 +11,6 @@ mod idle;
 mod incidents;
 mod receiver;
 mod service;
+mod soak;
 mod syslog;
 mod util;

@@ -54,12 +54,14 @@ fn overhead_child(trips: usize, pin: bool) {
             libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
         }
     }
+    // Pool settings to add, to see what one of them costs (WSPOOLD_BENCH_POOL).
+    let extra = std::env::var("WSPOOLD_BENCH_POOL").unwrap_or_default();
     let echo = echo::Echo::start(0, None, false);
     let mut paths = Vec::new();
     let mut missing = Vec::new();
     for path in [
         Ok(peers::direct(&echo.url())),
-        Ok(peers::wspoold(&echo.url(), "min = 1\nspare = 1", None)),
+        Ok(peers::wspoold(&echo.url(), &format!("min = 1\nspare = 1\n{extra}"), None)),
         peers::websocat(&echo.url(), &[], ""),
         peers::nginx(echo.addr()),
         peers::haproxy(echo.addr()),

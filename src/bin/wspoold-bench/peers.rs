@@ -36,12 +36,27 @@ impl Drop for Path {
                 }
             }
             Keep::Child(child, dir) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                stop(child);
                 let _ = std::fs::remove_dir_all(dir);
             }
         }
     }
+}
+
+/// SIGTERM, so that nginx's master takes its workers with it; SIGKILL if the child
+/// is still there two seconds later.
+fn stop(child: &mut Child) {
+    // SAFETY: a signal to our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// A peer that could not be measured, and why.

@@ -688,7 +688,6 @@ impl Monitor {
             }
             return;
         }
-        self.at_limit = false;
         let shared = match Shared::new(entry.state.heartbeat_timeout(endpoint)) {
             Ok(shared) => Arc::new(shared),
             Err(e) => return self.spawn_failed(index, id, e),
@@ -706,6 +705,8 @@ impl Monitor {
         };
         match worker.spawn() {
             Ok(thread) => {
+                // Said once while the limit holds, again after a worker starts.
+                self.at_limit = false;
                 self.workers.insert(
                     id,
                     Handle {

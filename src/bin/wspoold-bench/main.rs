@@ -32,6 +32,7 @@ fn main() {
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| usage(&format!("argument {i} must be a number")))
     };
+    scale::raise_nofile();
     match args.first().map(String::as_str) {
         Some("report") => report(&args[1..]),
         Some("overhead") => overhead_child(number(1) as usize, args.iter().any(|a| a == "--pin")),
@@ -61,7 +62,11 @@ fn overhead_child(trips: usize, pin: bool) {
     let mut missing = Vec::new();
     for path in [
         Ok(peers::direct(&echo.url())),
-        Ok(peers::wspoold(&echo.url(), &format!("min = 1\nspare = 1\n{extra}"), None)),
+        Ok(peers::wspoold(
+            &echo.url(),
+            &format!("min = 1\nspare = 1\n{extra}"),
+            None,
+        )),
         peers::websocat(&echo.url(), &[], ""),
         peers::nginx(echo.addr()),
         peers::haproxy(echo.addr()),
@@ -183,8 +188,9 @@ fn report(args: &[String]) {
         }
     }
 
+    let sizes: Vec<usize> = plan.idle.iter().map(|n| (*n).min(idle_fit())).collect();
     let mut idle = Vec::new();
-    for n in &plan.idle {
+    for n in &sizes {
         eprintln!("scale: {n} idle connections");
         idle.push(scale::in_child(&[
             "idle",
@@ -225,6 +231,24 @@ fn report(args: &[String]) {
     );
 }
 
+/// The largest idle pool that fits under the hard limit on open files: two
+/// descriptors per pooled connection (its socket and its wake-up eventfd), some to
+/// spare, in steps of 500.
+fn idle_fit() -> usize {
+    (nofile_hard().saturating_sub(400) / 2 / 500 * 500) as usize
+}
+
+/// The hard limit on open files.
+fn nofile_hard() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into a live local.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    limit.rlim_max
+}
+
 /// The machine and the programs measured, for the report.
 fn machine() -> Vec<(String, String)> {
     let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
@@ -248,6 +272,14 @@ fn machine() -> Vec<(String, String)> {
         (
             "kernel".into(),
             format!("Linux {}", read("/proc/sys/kernel/osrelease").trim()),
+        ),
+        (
+            "open-file limit".into(),
+            format!(
+                "{} (hard; two descriptors per pooled connection, so the largest idle run is {fit})",
+                nofile_hard(),
+                fit = idle_fit()
+            ),
         ),
         (
             "wspoold".into(),

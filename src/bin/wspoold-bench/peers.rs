@@ -81,7 +81,8 @@ pub fn wspoold(
     observer: Option<crossbeam_channel::Sender<Observation>>,
 ) -> Path {
     let text = format!(
-        "[daemon]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[alerts]\nsyslog = false\n[pools.bench]\nendpoints = [\"{upstream}\"]\nmax_message_size = \"1MiB\"\n{pool}\n"
+        "[daemon]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n[alerts]\nsyslog = false\n[pools.bench]\nendpoints = [\"{upstream}\"]\nmax_message_size = \"1MiB\"\n{pool}\n",
+        state_dir().display()
     );
     let config = Config::parse(&text, "<bench>").expect("bench config");
     let daemon = Daemon::start(
@@ -192,6 +193,12 @@ pub fn version(program: &str) -> Result<String, String> {
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     Ok(text.lines().next().unwrap_or_default().trim().to_string())
+}
+
+/// Where the bench's daemons keep their incident journal: a scratch directory, not
+/// the system's.
+pub fn state_dir() -> PathBuf {
+    scratch("state")
 }
 
 fn scratch(name: &str) -> PathBuf {

@@ -23,6 +23,19 @@ use wspoold::event::Observation;
 use crate::client::{dial, next_data, percentile};
 use crate::echo::Echo;
 
+/// Each pooled connection takes two descriptors (its socket and its wake-up eventfd)
+/// and its upstream one: raise this process's limit to 65536 where the system lets
+/// us, as `LimitNOFILE=` in the unit does for the daemon.
+pub fn raise_nofile() {
+    let want = libc::rlimit {
+        rlim_cur: 65536,
+        rlim_max: 65536,
+    };
+    // SAFETY: setrlimit reads one rlimit from a live local. Where it is refused, the
+    // report sizes its largest run to the limit there is.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) };
+}
+
 /// The child that serves as upstream: an echo server on `port` (0: any) that prints
 /// its URL and runs until its stdin closes.
 pub fn serve(port: u16) {
@@ -101,14 +114,19 @@ pub fn in_child(args: &[&str]) -> Value {
         .unwrap_or_else(|e| panic!("wspoold-bench {args:?} printed {text:?}: {e}"))
 }
 
+/// A daemon with one pool over `upstream`; `max_connections` must cover the pool's
+/// `min`.
 fn daemon(
     upstream: &str,
     pool: &str,
     alerts: &str,
+    max_connections: usize,
     observer: crossbeam_channel::Sender<Observation>,
 ) -> Daemon {
     let text = format!(
-        "[daemon]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n[alerts]\nsyslog = false\n{alerts}\n[pools.bench]\nendpoints = [\"{upstream}\"]\nheartbeat_interval = \"1s\"\nheartbeat_timeout = \"2s\"\nconnect_timeout = \"10s\"\n{pool}\n"
+        "[daemon]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nstate_dir = \"{}\"\nmax_connections = {}\n[alerts]\nsyslog = false\n{alerts}\n[pools.bench]\nendpoints = [\"{upstream}\"]\nheartbeat_interval = \"1s\"\nheartbeat_timeout = \"2s\"\nconnect_timeout = \"10s\"\n{pool}\n",
+        crate::peers::state_dir().display(),
+        max_connections
     );
     let config = Config::parse(&text, "<bench>").expect("bench config");
     Daemon::start(
@@ -204,6 +222,7 @@ pub fn idle(n: usize, seconds: u64) {
         &upstream.url,
         &format!("min = {n}\nmax = {n}\nspare = 0"),
         "",
+        n + 64,
         tx,
     );
     let warm = wait_healthy(&rx, n, Duration::from_secs(120)).saturating_duration_since(started);
@@ -250,6 +269,7 @@ pub fn live(n: usize, seconds: u64) {
         &upstream.url,
         &format!("min = {n}\nmax = {}\nspare = 16", n + 64),
         "",
+        n + 128,
         tx,
     );
     wait_healthy(&rx, n, Duration::from_secs(120));
@@ -343,6 +363,7 @@ pub fn storm(n: usize) {
         &upstream.url,
         &format!("min = {n}\nmax = {n}\nspare = 0"),
         &alerts,
+        n + 64,
         tx,
     );
     wait_healthy(&rx, n, Duration::from_secs(120));

@@ -155,16 +155,18 @@ impl Running {
             }
             self.cursor = self.log.len();
             if !self.receive(deadline) {
-                panic!(
-                    "waited {within:?} for {what}; observed:\n{}",
-                    self.log
-                        .iter()
-                        .map(|o| format!("  {o:?}"))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                );
+                self.gave_up(within, what);
             }
         }
+    }
+
+    /// Fail the test: nothing came within `within`; shows everything observed.
+    fn gave_up(&self, within: Duration, what: &str) -> ! {
+        let log: Vec<String> = self.log.iter().map(|o| format!("  {o:?}")).collect();
+        panic!(
+            "waited {within:?} for {what}; observed:\n{}",
+            log.join("\n")
+        );
     }
 
     /// Receive one observation into the log, waiting until `deadline`; false if none
@@ -202,14 +204,7 @@ impl Running {
         let deadline = Instant::now() + within;
         while !holds(self) {
             if !self.receive(deadline) {
-                panic!(
-                    "waited {within:?} for {what}; observed:\n{}",
-                    self.log
-                        .iter()
-                        .map(|o| format!("  {o:?}"))
-                        .collect::<Vec<_>>()
-                        .join("\n")
-                );
+                self.gave_up(within, what);
             }
         }
     }

@@ -209,7 +209,7 @@ impl Rig {
         match chaos {
             Chaos::UpstreamKill => {
                 up.kill();
-                std::thread::sleep(hold);
+                keep_for(hold);
                 restart(up);
             }
             Chaos::RelayReset => {
@@ -219,7 +219,7 @@ impl Rig {
             Chaos::RelayBlackhole => {
                 let caught = self.live_on(i).len();
                 self.relays[i].set(Fault::Blackhole);
-                std::thread::sleep(hold);
+                keep_for(hold);
                 let waited = self.wait_dead(i);
                 self.relays[i].set(Fault::Pass);
                 return format!(
@@ -229,19 +229,19 @@ impl Rig {
             }
             Chaos::RelayStall => {
                 relay.set(Fault::Stall);
-                std::thread::sleep(hold);
+                keep_for(hold);
                 relay.set(Fault::Pass);
             }
             Chaos::HandshakeReject => {
                 up.set_mode(Mode::Reject(503));
                 up.cut(Cut::Close(1012));
-                std::thread::sleep(hold);
+                keep_for(hold);
                 up.set_mode(Mode::Echo);
             }
             Chaos::AllDown => {
                 let hold = rng.millis(100, 2000);
                 self.ups.iter().for_each(Upstream::kill);
-                std::thread::sleep(hold);
+                keep_for(hold);
                 self.ups.iter().for_each(restart);
                 return format!("{} for {hold:?}", chaos.label());
             }
@@ -723,5 +723,14 @@ impl Rng {
     /// A duration from `lo` to `hi` milliseconds.
     fn millis(&mut self, lo: u64, hi: u64) -> Duration {
         Duration::from_millis(lo + self.below(hi - lo + 1))
+    }
+}
+
+/// Lets a fault stand for `hold`: the length of the outage is what the round tests,
+/// not a wait for something to happen (those poll with a deadline).
+fn keep_for(hold: Duration) {
+    let until = Instant::now() + hold;
+    while let Some(left) = until.checked_duration_since(Instant::now()) {
+        std::thread::park_timeout(left);
     }
 }

@@ -207,6 +207,14 @@ impl Rig {
     /// Endpoint A (index 0) refuses until it is down (`down_after = 1`), then accepts
     /// again until a probe brings it back; returns every action seen meanwhile.
     fn take_a_down_and_back(&mut self) -> Vec<Action> {
+        self.take_a_down();
+        let seen = self.run_for(ms(3_000), &|_| Outcome::Up);
+        assert_eq!(self.pool.endpoint_state(0), State::Up);
+        seen
+    }
+
+    /// Endpoint A (index 0) refuses until it is down (`down_after = 1`).
+    fn take_a_down(&mut self) {
         let on_a: Vec<_> = self
             .pool
             .conn_ids()
@@ -218,9 +226,6 @@ impl Rig {
         let a_refuses = |e: usize| if e == 0 { refused() } else { Outcome::Up };
         self.settle(&a_refuses);
         assert_eq!(self.pool.endpoint_state(0), State::Down);
-        let seen = self.run_for(ms(3_000), &|_| Outcome::Up);
-        assert_eq!(self.pool.endpoint_state(0), State::Up);
-        seen
     }
 
     /// Play every spawn out with `outcome(endpoint)` until the pool asks for nothing new;
@@ -346,17 +351,7 @@ fn a_probe_is_one_attempt_at_a_time() {
 fn a_probe_connected_on_trial(r: &mut Rig) -> ConnId {
     r.connect_all();
     r.take();
-    let on_a: Vec<_> = r
-        .pool
-        .conn_ids()
-        .filter(|id| r.pool.endpoint_of(*id) == Some(0))
-        .collect();
-    for id in on_a {
-        r.die(id, Cause::Refused);
-    }
-    let a_refuses = |e: usize| if e == 0 { refused() } else { Outcome::Up };
-    r.settle(&a_refuses);
-    assert_eq!(r.pool.endpoint_state(0), State::Down);
+    r.take_a_down();
     let mut probe = None;
     for _ in 0..100 {
         r.advance(ms(50));

@@ -129,7 +129,7 @@ impl Counts {
 /// What the workers of one endpoint count as they go.
 #[derive(Debug, Default)]
 pub struct EndpointStats {
-    /// Heartbeat round trips: ping written to pong read.
+    /// Heartbeat round trips: ping written to pong read, for the heartbeats timed.
     pub rtt: Histogram,
     /// Messages from local clients written upstream.
     pub to_upstream: AtomicU64,
@@ -257,7 +257,7 @@ pub fn render(status: &Status) -> String {
         &mut out,
         "wspoold_heartbeat_rtt_seconds",
         "histogram",
-        "Heartbeat round trips, ping written to pong read.",
+        "Heartbeat round trips, ping written to pong read (one in eight of an idle connection).",
     );
     for (pool, endpoint, e) in endpoints() {
         f.histogram(

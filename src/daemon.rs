@@ -17,11 +17,11 @@ use crate::listener::{Listener, ListenerHandle};
 use crate::monitor::{Monitor, Outputs};
 use crate::notify::Notifier;
 
-/// Descriptors a full daemon can hold: per pooled connection its socket, its wake
-/// descriptor and a local client's socket; plus handshakes in progress, the listeners,
-/// syslog and room to breathe.
+/// Descriptors a full daemon can hold: per pooled connection its socket and a local
+/// client's socket; plus handshakes in progress, the listeners, syslog and room to
+/// breathe.
 fn descriptors_needed(max_connections: usize) -> u64 {
-    3 * max_connections as u64 + 512
+    2 * max_connections as u64 + 512
 }
 
 /// Raise the soft limit on open files to what `max_connections` needs, as far as the
@@ -238,7 +238,7 @@ mod tests {
         assert!(limit.rlim_cur >= descriptors_needed(100));
         // Beyond the hard limit: named in a warning.
         if limit.rlim_max < u64::MAX / 4 {
-            let beyond = (limit.rlim_max / 3) as usize + 1;
+            let beyond = (limit.rlim_max / 2) as usize + 1;
             let notice = raise_descriptor_limit(beyond).expect("a warning");
             assert!(notice.text.contains("raise LimitNOFILE"), "{}", notice.text);
         }

@@ -434,10 +434,7 @@ impl Monitor {
         let Some(client) = self.waiting.remove(&session) else {
             return;
         };
-        let wake = match Wake::new() {
-            Ok(wake) => Arc::new(wake),
-            Err(e) => return self.room_failed(index, client, e),
-        };
+        let wake = Arc::new(Wake::new());
         let (commands, rx) = crossbeam_channel::unbounded();
         let room = Room {
             client: Box::new(client),
@@ -475,18 +472,6 @@ impl Monitor {
                 self.apply(index, actions);
             }
         }
-    }
-
-    fn room_failed(&mut self, index: usize, client: Client, e: std::io::Error) {
-        let session = client.session;
-        let why = format!("cannot hold the session while it heals: {e}");
-        close_client(client, 1011, &why);
-        let text = format!("session {session} closed with 1011: {why}");
-        self.notice(Notice::new(Severity::Critical, text).pool(self.pools[index].state.name()));
-        let now = Instant::now();
-        self.pools[index].incidents.heal_failed(&why, now);
-        let actions = self.pools[index].state.forget(session, now);
-        self.apply(index, actions);
     }
 
     fn on_room_event(&mut self, event: RoomEvent, now: Instant) {
@@ -688,10 +673,7 @@ impl Monitor {
             }
             return;
         }
-        let shared = match Shared::new(entry.state.heartbeat_timeout(endpoint)) {
-            Ok(shared) => Arc::new(shared),
-            Err(e) => return self.spawn_failed(index, id, e),
-        };
+        let shared = Arc::new(Shared::new(entry.state.heartbeat_timeout(endpoint)));
         let (commands, rx) = crossbeam_channel::unbounded();
         let worker = Worker {
             id,

@@ -16,7 +16,7 @@ use crate::config::PoolConfig;
 use crate::event::{Client, SessionId};
 use crate::monitor::close_client;
 use crate::session::{ClientRead, read_client};
-use crate::worker::{Wake, poll};
+use crate::worker::Wake;
 
 /// What the monitor tells a room (followed by a wake).
 #[derive(Debug)]
@@ -60,6 +60,8 @@ impl Room {
 
     fn run(mut self) {
         let session = self.client.session;
+        let wake = self.wake.clone();
+        let waiter = wake.bind();
         let mut pending_since: Option<Instant> = None;
         // A backstop only: the monitor closes the room at `heal_timeout`.
         let give_up = Instant::now() + self.pool.heal_timeout + Duration::from_secs(1);
@@ -102,23 +104,16 @@ impl Room {
             if pending_since.is_some() {
                 events |= libc::POLLOUT;
             }
-            let mut fds = [
-                libc::pollfd {
-                    fd: self.client.ws.get_ref().as_raw_fd(),
-                    events,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.wake.fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-            ];
-            if poll(&mut fds, deadline.saturating_duration_since(now)).is_err() {
+            let mut fds = [libc::pollfd {
+                fd: self.client.ws.get_ref().as_raw_fd(),
+                events,
+                revents: 0,
+            }];
+            if waiter
+                .poll(&mut fds, deadline.saturating_duration_since(now))
+                .is_err()
+            {
                 break (1011, "wspoold could not wait on the client socket".into());
-            }
-            if fds[1].revents != 0 {
-                self.wake.drain();
             }
         };
         let (code, why) = ended;

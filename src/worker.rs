@@ -1,13 +1,14 @@
 //! One pooled upstream connection's thread, and the only owner of its socket: dial,
 //! then serve — heartbeats, answering the server's pings, any inbound frame as proof of
-//! life — blocking in `poll(2)` on the socket and a wake descriptor with the next
-//! deadline as the timeout. When the connection ends it reports why and exits.
+//! life — blocking in `ppoll(2)` on the socket with the next deadline as the timeout,
+//! woken by a signal when the monitor sends it something. When the connection ends it
+//! reports why and exits.
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering, fence};
+use std::sync::{Arc, Once, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -39,37 +40,113 @@ pub fn millis(at: Instant) -> u64 {
     at.saturating_duration_since(base).as_millis() as u64
 }
 
-/// An eventfd the monitor writes to after sending a command, so the worker's poll
-/// returns at once.
-#[derive(Debug)]
-pub struct Wake(OwnedFd);
+/// The signal that wakes a worker or room thread. Its default action is to ignore it,
+/// nothing else in the process uses it, and, unlike a real-time signal, it does not
+/// queue: a second one sent before the first is taken is merged with it.
+const WAKE_SIGNAL: libc::c_int = libc::SIGURG;
+
+/// Ends one thread's wait at once after the monitor sent it a command: `WAKE_SIGNAL`
+/// sent to that thread alone. The thread keeps the signal blocked except inside its
+/// `ppoll(2)`, so a wake sent while it is busy stays pending and ends its next wait;
+/// none is lost, and no descriptor is spent on it (a pool of 10,000 connections needs
+/// 10,000 descriptors, not 20,000).
+#[derive(Debug, Default)]
+pub struct Wake {
+    /// The kernel's id of the thread that waits; 0 before it binds and after.
+    tid: AtomicI32,
+}
 
 impl Wake {
-    pub fn new() -> io::Result<Wake> {
-        // SAFETY: eventfd takes no pointers; a non-negative result is a descriptor we own.
-        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd was just returned by eventfd and is owned by nobody else.
-        Ok(Wake(unsafe { OwnedFd::from_raw_fd(fd) }))
+    pub fn new() -> Wake {
+        static HANDLER: Once = Once::new();
+        HANDLER.call_once(|| {
+            // SAFETY: a zeroed sigaction with a handler that does nothing, an empty
+            // mask and SA_RESTART (a stray wake restarts other threads' calls).
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = woken as extern "C" fn(libc::c_int) as usize;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                libc::sigaction(WAKE_SIGNAL, &action, std::ptr::null_mut());
+            }
+        });
+        Wake::default()
     }
 
     pub fn signal(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our own descriptor. A full counter
-        // (EAGAIN) means a wake is already pending, which is all we need.
-        unsafe { libc::write(self.0.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        // Pairs with the fence in `bind`: either this sees the thread's id, or the
+        // thread's first look at its commands sees what was sent before this call.
+        fence(Ordering::SeqCst);
+        let tid = self.tid.load(Ordering::Relaxed);
+        if tid != 0 {
+            // SAFETY: tgkill takes no pointers. It reaches only a thread of this
+            // process; an id reused by another of ours would get a harmless wake.
+            unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, WAKE_SIGNAL) };
+        }
     }
 
-    pub(crate) fn drain(&self) {
-        let mut count: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64 from our own non-blocking descriptor.
-        unsafe { libc::read(self.0.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+    /// Makes the calling thread the one this wakes, while the `Waiter` lives. Call it
+    /// before the first look at the commands.
+    pub(crate) fn bind(&self) -> Waiter<'_> {
+        // SAFETY: sigset_t values are initialised by sigemptyset or pthread_sigmask
+        // before use; the calls change only this thread's mask.
+        let mask = unsafe {
+            let mut block: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut block);
+            libc::sigaddset(&mut block, WAKE_SIGNAL);
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old);
+            libc::sigdelset(&mut old, WAKE_SIGNAL);
+            old
+        };
+        // SAFETY: gettid takes no arguments.
+        self.tid.store(unsafe { libc::gettid() }, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        Waiter { wake: self, mask }
     }
+}
 
-    pub(crate) fn fd(&self) -> RawFd {
-        self.0.as_raw_fd()
+extern "C" fn woken(_: libc::c_int) {}
+
+/// The thread bound to a `Wake`, and how it waits.
+pub(crate) struct Waiter<'a> {
+    wake: &'a Wake,
+    /// The thread's signal mask with `WAKE_SIGNAL` let through.
+    mask: libc::sigset_t,
+}
+
+impl Waiter<'_> {
+    /// `ppoll(2)` until a descriptor is ready, `timeout` passes or the thread is woken
+    /// (then `Ok(0)`, as for any signal).
+    pub(crate) fn poll(&self, fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
+        let timeout = libc::timespec {
+            tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: fds is a valid, exclusively borrowed slice of pollfd for the whole
+        // call; the timeout and the mask are live locals.
+        let n = unsafe {
+            libc::ppoll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                &timeout,
+                &self.mask,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(0);
+            }
+            return Err(e);
+        }
+        Ok(n as usize)
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        self.wake.tid.store(0, Ordering::Relaxed);
     }
 }
 
@@ -87,13 +164,13 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(heartbeat_timeout: Duration) -> io::Result<Shared> {
-        Ok(Shared {
+    pub fn new(heartbeat_timeout: Duration) -> Shared {
+        Shared {
             progress: AtomicU64::new(millis(Instant::now())),
             abandoned: AtomicBool::new(false),
-            wake: Wake::new()?,
+            wake: Wake::new(),
             heartbeat_timeout: AtomicU64::new(heartbeat_timeout.as_millis() as u64),
-        })
+        }
     }
 
     pub fn heartbeat_timeout(&self) -> Duration {
@@ -174,6 +251,8 @@ impl Worker {
 /// The serving phase of one connection.
 struct Serve<'a> {
     worker: &'a Worker,
+    /// How this thread waits, woken by the monitor.
+    waiter: Waiter<'a>,
     ws: WebSocket<Stream>,
     last_life: Instant,
     next_ping: Instant,
@@ -254,6 +333,7 @@ impl<'a> Serve<'a> {
         let now = Instant::now();
         Serve {
             worker,
+            waiter: worker.shared.wake.bind(),
             ws,
             last_life: now,
             // The first heartbeat goes out at once: it measures the round trip and is
@@ -700,7 +780,8 @@ impl<'a> Serve<'a> {
         self.client.is_some() || self.closing.is_some() || (self.ping.is_some() && self.timed)
     }
 
-    /// Block until the socket or the wake descriptor is ready, or the next deadline.
+    /// Block until the sockets are ready, the monitor wakes the thread, or the next
+    /// deadline.
     fn wait(&mut self, now: Instant) -> io::Result<()> {
         let timeout = self.deadline().saturating_duration_since(now);
         let attentive = self.attentive();
@@ -740,11 +821,6 @@ impl<'a> Serve<'a> {
                 revents: 0,
             },
             libc::pollfd {
-                fd: self.worker.shared.wake.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
                 fd: client_fd,
                 events: client_events,
                 revents: 0,
@@ -753,35 +829,16 @@ impl<'a> Serve<'a> {
         if !attentive {
             self.unwatched_since = Some(now);
         }
-        poll(&mut fds, timeout)?;
+        self.waiter.poll(&mut fds, timeout)?;
         // Every read drains the socket (and rustls) to WouldBlock, so a socket poll
         // does not report readable has nothing waiting. Errors and hangups read too,
         // and an inattentive connection reads whatever woke it.
         self.readable = fds[0].revents != 0 || !attentive;
         if let Some(bridge) = &mut self.client {
-            bridge.readable |= fds[2].revents != 0;
-        }
-        if fds[1].revents != 0 {
-            self.worker.shared.wake.drain();
+            bridge.readable |= fds[1].revents != 0;
         }
         Ok(())
     }
-}
-
-/// `poll(2)` with the timeout rounded up to whole milliseconds, so a deadline is never
-/// polled for early and spun on. EINTR counts as a wake.
-pub fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
-    let millis = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-    // SAFETY: fds is a valid, exclusively borrowed slice of pollfd for the whole call.
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, millis) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        if e.kind() == io::ErrorKind::Interrupted {
-            return Ok(0);
-        }
-        return Err(e);
-    }
-    Ok(n as usize)
 }
 
 /// Map a tungstenite error on a live connection to a cause of death.

@@ -58,7 +58,7 @@ fn an_idle_connection_wakes_once_a_heartbeat_and_times_one_in_eight() {
         let pool = Arc::new(config.pools[0].clone());
         let (events_tx, events) = crossbeam_channel::unbounded();
         let (commands_tx, commands) = crossbeam_channel::unbounded();
-        let shared = Arc::new(Shared::new(pool.heartbeat_timeout).unwrap());
+        let shared = Arc::new(Shared::new(pool.heartbeat_timeout));
         let stats = Arc::new(EndpointStats::default());
         let id: ConnId = 0xbead;
         let worker = Worker {
@@ -108,5 +108,41 @@ fn an_idle_connection_wakes_once_a_heartbeat_and_times_one_in_eight() {
         });
         assert_eq!(cause, Cause::Retired);
         thread.join().unwrap();
+    });
+}
+
+#[test]
+fn a_wake_sent_while_the_thread_is_busy_ends_its_next_wait() {
+    watchdog(|| {
+        let wake = Arc::new(Wake::new());
+        let (bound_tx, bound) = crossbeam_channel::bounded(0);
+        let (go, go_rx) = crossbeam_channel::bounded::<()>(0);
+        let waiting = wake.clone();
+        let thread = std::thread::spawn(move || {
+            let waiter = waiting.bind();
+            bound_tx.send(()).unwrap();
+            // Busy, not waiting, while the wake is sent.
+            go_rx.recv().unwrap();
+            let started = Instant::now();
+            let mut none: [libc::pollfd; 0] = [];
+            let first = waiter.poll(&mut none, Duration::from_secs(10)).unwrap();
+            let woken = started.elapsed();
+            // Taken once: the next wait runs to its timeout.
+            let started = Instant::now();
+            waiter.poll(&mut none, Duration::from_millis(50)).unwrap();
+            (first, woken, started.elapsed())
+        });
+        bound.recv().unwrap();
+        wake.signal();
+        go.send(()).unwrap();
+        let (first, woken, second) = thread.join().unwrap();
+        assert_eq!(first, 0);
+        assert!(woken < Duration::from_secs(5), "woken after {woken:?}");
+        assert!(
+            second >= Duration::from_millis(50),
+            "second wait {second:?}"
+        );
+        // Unbound: a wake reaches nobody and does not fail.
+        wake.signal();
     });
 }

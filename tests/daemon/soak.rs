@@ -43,7 +43,7 @@ const SOON: Duration = Duration::from_secs(10);
 const RESOLVE: Duration = Duration::from_secs(30);
 /// Above the baseline at the end: a replacement connecting, a room closing.
 const THREAD_SLACK: usize = 4;
-/// About seven descriptors per pooled connection (the daemon's socket and wake, the
+/// About six descriptors per pooled connection (the daemon's socket, the
 /// relay's two sockets and their clones, the upstream's), and a few connections in
 /// flux.
 const FD_SLACK: usize = 48;

@@ -57,7 +57,7 @@ struct Conn {
 
 impl Echo {
     /// Listens on `port` of 127.0.0.1 (0: the kernel's choice). With `tick`, faults
-    /// other than a kill can be injected; with `record`, arrivals are kept.
+    /// can be injected and open connections counted; with `record`, arrivals are kept.
     pub fn start(port: u16, tick: Option<Duration>, record: bool) -> Echo {
         let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
             .expect("a socket for the echo server");
@@ -95,7 +95,7 @@ impl Echo {
         format!("ws://{}/", self.addr)
     }
 
-    /// Connections open now.
+    /// Connections open now (counted only with a tick).
     pub fn open(&self) -> usize {
         self.shared.conns.lock().len()
     }
@@ -111,7 +111,7 @@ impl Echo {
         all.iter().copied().filter(|at| *at >= since).collect()
     }
 
-    /// Ends connection `id` with `fault`; when it was done. Silence needs a tick.
+    /// Ends connection `id` with `fault`; when it was done. Needs a tick.
     pub fn fault(&self, id: u64, fault: Fault) -> Instant {
         let mut conns = self.shared.conns.lock();
         let conn = conns
@@ -182,17 +182,21 @@ fn accept(shared: &Arc<Shared>, listener: &TcpListener) {
         };
         let _ = stream.set_nodelay(true);
         let _ = stream.set_read_timeout(shared.tick);
-        let Ok(clone) = stream.try_clone() else {
-            continue;
-        };
         let fault = Arc::new(AtomicU8::new(0));
-        shared.conns.lock().insert(
-            id,
-            Conn {
-                stream: clone,
-                fault: fault.clone(),
-            },
-        );
+        // Faults need a handle on the socket; without them a clone would only double
+        // the descriptors of a scale run.
+        if shared.tick.is_some() {
+            let Ok(clone) = stream.try_clone() else {
+                continue;
+            };
+            shared.conns.lock().insert(
+                id,
+                Conn {
+                    stream: clone,
+                    fault: fault.clone(),
+                },
+            );
+        }
         let serving = shared.clone();
         let spawned = std::thread::Builder::new()
             .name("echo-conn".into())

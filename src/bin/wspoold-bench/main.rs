@@ -231,11 +231,10 @@ fn report(args: &[String]) {
     );
 }
 
-/// The largest idle pool that fits under the hard limit on open files: two
-/// descriptors per pooled connection (its socket and its wake-up eventfd), some to
-/// spare, in steps of 500.
+/// The largest idle pool that fits under the hard limit on open files: one
+/// descriptor per pooled connection (its socket), some to spare, in steps of 500.
 fn idle_fit() -> usize {
-    (nofile_hard().saturating_sub(400) / 2 / 500 * 500) as usize
+    (nofile_hard().saturating_sub(400) / 500 * 500) as usize
 }
 
 /// The hard limit on open files.
@@ -276,7 +275,7 @@ fn machine() -> Vec<(String, String)> {
         (
             "open-file limit".into(),
             format!(
-                "{} (hard; two descriptors per pooled connection, so the largest idle run is {fit})",
+                "{} (hard; a descriptor per pooled connection, so the largest idle run is {fit})",
                 nofile_hard(),
                 fit = idle_fit()
             ),

@@ -23,8 +23,8 @@ use wspoold::event::Observation;
 use crate::client::{dial, next_data, percentile};
 use crate::echo::Echo;
 
-/// Each pooled connection takes two descriptors (its socket and its wake-up eventfd)
-/// and its upstream one: raise this process's limit to 65536 where the system lets
+/// Each pooled connection takes a descriptor in the daemon and one in the upstream,
+/// both in this process or its children: raise this process's limit to 65536 where the system lets
 /// us, as `LimitNOFILE=` in the unit does for the daemon.
 pub fn raise_nofile() {
     let want = libc::rlimit {

@@ -6,6 +6,7 @@
 //! how many messages never arrived and how many arrived twice.
 
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
@@ -203,7 +204,9 @@ impl Client {
     }
 
     /// Send and read until `done` or `within`; false if the client's connection was
-    /// closed meanwhile (it is opened again).
+    /// closed meanwhile (it is opened again). Between sends it waits in `ppoll` for an
+    /// echo or the next send, to the microsecond: a socket read timeout would round up
+    /// to the kernel's tick (4 ms here) and hold back the first message after a fault.
     fn pump(&mut self, path: &Path, within: Duration, done: impl Fn(&Client) -> bool) -> bool {
         let deadline = Instant::now() + within;
         let mut survived = true;
@@ -213,35 +216,65 @@ impl Client {
                 continue;
             };
             let now = Instant::now();
+            let mut broken = false;
             if now >= self.next_send {
-                if ws.send(Message::text(self.seq.to_string())).is_err() {
-                    survived = false;
-                    self.ws = None;
-                    continue;
+                match ws.send(Message::text(self.seq.to_string())) {
+                    // Queued in the socket, or in tungstenite until the next flush.
+                    Ok(()) => {}
+                    Err(tungstenite::Error::Io(e)) if timed_out(&e) => {}
+                    Err(_) => broken = true,
                 }
                 self.seq += 1;
                 self.next_send = now + EVERY;
+            } else if let Err(tungstenite::Error::Io(e)) = ws.flush()
+                && !timed_out(&e)
+            {
+                broken = true;
             }
-            match next_data(ws) {
-                Ok(message) => {
-                    if let Some(seq) = message.to_text().ok().and_then(|t| t.parse().ok()) {
-                        self.echoes.entry(seq).or_insert_with(Instant::now);
+            while !broken {
+                match next_data(ws) {
+                    Ok(message) => {
+                        if let Some(seq) = message.to_text().ok().and_then(|t| t.parse().ok()) {
+                            self.echoes.entry(seq).or_insert_with(Instant::now);
+                        }
                     }
-                }
-                Err(e) if timed_out(&e) => {}
-                Err(_) => {
-                    survived = false;
-                    self.ws = None;
+                    Err(e) if timed_out(&e) => break,
+                    Err(_) => broken = true,
                 }
             }
+            if broken {
+                survived = false;
+                self.ws = None;
+                continue;
+            }
+            let until = self.next_send.min(deadline);
+            wait_readable(ws, until.saturating_duration_since(Instant::now()));
         }
         survived
     }
 }
 
+/// Waits until `ws` has bytes to read or `timeout` passes.
+fn wait_readable(ws: &Ws, timeout: Duration) {
+    let mut fd = libc::pollfd {
+        fd: ws.get_ref().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let timeout = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: one live pollfd, a live timespec, no signal mask.
+    unsafe { libc::ppoll(&mut fd, 1, &timeout, std::ptr::null()) };
+}
+
+/// A non-blocking client: `pump` waits in `ppoll` itself.
 fn open(path: &Path) -> Ws {
-    let ws = dial(&path.url, Duration::from_micros(500))
-        .unwrap_or_else(|e| panic!("{}: {e}", path.name));
-    let _ = ws.get_ref().set_write_timeout(Some(Duration::from_secs(1)));
+    let ws =
+        dial(&path.url, Duration::from_secs(1)).unwrap_or_else(|e| panic!("{}: {e}", path.name));
+    ws.get_ref()
+        .set_nonblocking(true)
+        .expect("a non-blocking client socket");
     ws
 }

@@ -5,6 +5,7 @@
 //!   `DIR/benchmarks.md` and `DIR/benchmarks.svg` (DIR defaults to `docs`).
 //! - `idle N SECONDS`, `live N SECONDS`, `storm N`: one scale measurement, printed as
 //!   a JSON line (the report runs each in a child process of its own).
+//! - `heal FAULT N`: N faults of one kind under a wspoold session, each printed.
 //! - `serve PORT`: the upstream child, an echo server that runs until its stdin closes.
 
 use std::time::Instant;
@@ -21,6 +22,7 @@ use echo::Fault;
 use heal::System;
 
 const USAGE: &str = "usage: wspoold-bench report [--quick] [--out DIR]
+       wspoold-bench heal kill|reset|blackhole REPETITIONS
        wspoold-bench idle CONNECTIONS SECONDS
        wspoold-bench live SESSIONS SECONDS
        wspoold-bench storm CONNECTIONS";
@@ -40,6 +42,7 @@ fn main() {
         Some("idle") => scale::idle(number(1) as usize, number(2)),
         Some("live") => scale::live(number(1) as usize, number(2)),
         Some("storm") => scale::storm(number(1) as usize),
+        Some("heal") => heal_child(args.get(1).map(String::as_str), number(2) as usize),
         _ => usage("no such benchmark"),
     }
 }
@@ -82,6 +85,34 @@ fn overhead_child(trips: usize, pin: bool) {
     println!("{}", serde_json::json!({"rows": rows, "missing": missing}));
 }
 
+/// `heal kill|reset|blackhole N`: wspoold's heal after N faults, one line each, to
+/// look at the outliers the report sums up.
+fn heal_child(fault: Option<&str>, reps: usize) {
+    let fault = match fault {
+        Some("kill") => Fault::Kill,
+        Some("reset") => Fault::Reset,
+        Some("blackhole") => Fault::Silence,
+        _ => usage("heal needs kill, reset or blackhole"),
+    };
+    let row = heal::run(System::Wspoold, fault, reps).unwrap_or_else(|m| usage(&m.why));
+    let ms = |d: Option<std::time::Duration>| {
+        d.map_or("-".to_string(), |d| {
+            format!("{:.2}", d.as_secs_f64() * 1000.0)
+        })
+    };
+    println!("rep  detect_ms  recover_ms  lost  duplicated  sent");
+    for (i, rep) in row.reps.iter().enumerate() {
+        println!(
+            "{i:>3}  {:>9}  {:>10}  {:>4}  {:>10}  {:>4}",
+            ms(rep.detect),
+            ms(rep.recover),
+            rep.lost,
+            rep.duplicated,
+            rep.sent
+        );
+    }
+}
+
 fn usage(why: &str) -> ! {
     eprintln!("wspoold-bench: {why}\n{USAGE}");
     std::process::exit(2);
@@ -122,7 +153,7 @@ fn report(args: &[String]) {
     } else {
         Plan {
             trips: 20_000,
-            kills: 20,
+            kills: 100,
             silences: 5,
             idle: vec![1_000, 5_000, 10_000],
             idle_seconds: 10,

@@ -150,7 +150,7 @@ fn heal_tables(w: &mut String, rows: &[HealRow]) {
     );
     let _ = writeln!(
         w,
-        "| system | fault | runs | detect p50 | max | next round trip p50 | max | lost | duplicated | client disconnected |\n|---|---|---|---|---|---|---|---|---|---|"
+        "| system | fault | runs | detect p50 | max | next round trip p50 | p99 | max | lost | duplicated | client disconnected |\n|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for row in rows {
         let mut detect: Vec<Duration> = row.reps.iter().filter_map(|r| r.detect).collect();
@@ -171,7 +171,7 @@ fn heal_tables(w: &mut String, rows: &[HealRow]) {
         let closed = row.reps.iter().filter(|r| r.client_closed).count();
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | {} | {}{} | {} | {lost} of {sent} | {duplicated} | {closed} |",
+            "| {} | {} | {} | {} | {} | {}{} | {} | {} | {lost} of {sent} | {duplicated} | {closed} |",
             row.system.label(),
             fault_label(row.fault),
             row.reps.len(),
@@ -183,6 +183,7 @@ fn heal_tables(w: &mut String, rows: &[HealRow]) {
             } else {
                 String::new()
             },
+            show(&recover, 0.99),
             show(&recover, 1.0),
         );
     }

@@ -5,6 +5,8 @@
 //!   `DIR/benchmarks.md` and `DIR/benchmarks.svg` (DIR defaults to `docs`).
 //! - `idle N SECONDS`, `live N SECONDS`, `storm N`: one scale measurement, printed as
 //!   a JSON line (the report runs each in a child process of its own).
+//! - `floor threads|one-thread N SECONDS`: what N connections' heartbeats cost with
+//!   wspoold taken out, as a JSON line (see `floor`).
 //! - `heal FAULT N`: N faults of one kind under a wspoold session, each printed.
 //! - `serve PORT`: the upstream child, an echo server that runs until its stdin closes.
 
@@ -12,6 +14,7 @@ use std::time::Instant;
 
 mod client;
 mod echo;
+mod floor;
 mod heal;
 mod overhead;
 mod peers;
@@ -24,6 +27,7 @@ use heal::System;
 const USAGE: &str = "usage: wspoold-bench report [--quick] [--out DIR]
        wspoold-bench heal kill|reset|blackhole REPETITIONS
        wspoold-bench idle CONNECTIONS SECONDS
+       wspoold-bench floor threads|one-thread CONNECTIONS SECONDS
        wspoold-bench live SESSIONS SECONDS
        wspoold-bench storm CONNECTIONS";
 
@@ -42,6 +46,11 @@ fn main() {
         Some("idle") => scale::idle(number(1) as usize, number(2)),
         Some("live") => scale::live(number(1) as usize, number(2)),
         Some("storm") => scale::storm(number(1) as usize),
+        Some("floor") => floor::floor(
+            args.get(1).map_or("", String::as_str),
+            number(2) as usize,
+            number(3),
+        ),
         Some("heal") => heal_child(args.get(1).map(String::as_str), number(2) as usize),
         _ => usage("no such benchmark"),
     }
@@ -229,6 +238,18 @@ fn report(args: &[String]) {
             &plan.idle_seconds.to_string(),
         ]));
     }
+    let mut floors = Vec::new();
+    if let Some(n) = sizes.last() {
+        for design in ["threads", "one-thread"] {
+            eprintln!("floor: {n} connections' heartbeats, {design}");
+            floors.push(scale::in_child(&[
+                "floor",
+                design,
+                &n.to_string(),
+                &plan.idle_seconds.to_string(),
+            ]));
+        }
+    }
     eprintln!("scale: {} live sessions", plan.live);
     let live = scale::in_child(&[
         "live",
@@ -245,6 +266,7 @@ fn report(args: &[String]) {
         missing,
         heal,
         idle,
+        floors,
         live,
         storm,
         took: started.elapsed(),

@@ -57,6 +57,8 @@ pub struct Results {
     pub missing: Vec<(String, String)>,
     pub heal: Vec<HealRow>,
     pub idle: Vec<Value>,
+    /// The largest idle size's heartbeats with wspoold taken out (`floor`).
+    pub floors: Vec<Value>,
     pub live: Value,
     pub storm: Value,
     pub took: Duration,
@@ -211,6 +213,26 @@ fn scale_tables(w: &mut String, r: &Results) {
             num(v, "cpu_core") * 100.0,
             v["deaths"],
         );
+    }
+    if let Some(wspoold) = r.idle.last() {
+        let _ = writeln!(
+            w,
+            "\nWhat the same heartbeats cost with wspoold taken out, on the same upstream and the same timer slack (`wspoold-bench floor`): a ping a second on each connection, its pong read at the next ping, nothing else.\n\n| {} connections | CPU, % of one core | vs wspoold |\n|---|---|---|\n| wspoold | {:.2} % | 1.00× |",
+            wspoold["connections"],
+            num(wspoold, "cpu_core") * 100.0
+        );
+        for f in &r.floors {
+            let label = match f["design"].as_str() {
+                Some("threads") => "a bare thread per connection (wspoold's design, nothing else)",
+                _ => "one thread for every connection (an event loop's floor)",
+            };
+            let _ = writeln!(
+                w,
+                "| {label} | {:.2} % | {:.2}× |",
+                num(f, "cpu_core") * 100.0,
+                num(f, "cpu_core") / num(wspoold, "cpu_core")
+            );
+        }
     }
     let l = &r.live;
     let _ = writeln!(

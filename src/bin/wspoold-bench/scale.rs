@@ -46,14 +46,14 @@ pub fn serve(port: u16) {
 }
 
 /// An upstream child process.
-struct Upstream {
+pub struct Upstream {
     child: Child,
     stdin: Option<ChildStdin>,
-    url: String,
+    pub url: String,
 }
 
 impl Upstream {
-    fn start(port: u16) -> Upstream {
+    pub fn start(port: u16) -> Upstream {
         let mut child = Command::new(std::env::current_exe().expect("this program's path"))
             .args(["serve", &port.to_string()])
             .stdin(Stdio::piped())
@@ -178,7 +178,7 @@ fn count_dir(path: &str) -> usize {
 }
 
 /// CPU seconds this process has used (user and system, every thread).
-fn process_cpu() -> f64 {
+pub fn process_cpu() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);

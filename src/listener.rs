@@ -271,7 +271,7 @@ fn handshake(shared: &Shared, stream: TcpStream) {
     ws.set_config(|c| {
         *c = WebSocketConfig::default()
             .read_buffer_size(4 * 1024)
-            .write_buffer_size(0)
+            .write_buffer_size(crate::upstream::WRITE_BATCH)
             .max_write_buffer_size(max.saturating_mul(2).max(64 * 1024))
             .max_message_size(Some(max))
             .max_frame_size(Some(max));

@@ -20,6 +20,11 @@ use tungstenite::{Message, WebSocket};
 use crate::config::{CaBundle, Endpoint, PoolConfig};
 use crate::event::Cause;
 
+/// Frames written in one turn of a worker's loop (a client's message and the ping
+/// that asks for its acknowledgement, say) wait in tungstenite's buffer up to this
+/// size and go out in one write when the turn flushes.
+pub const WRITE_BATCH: usize = 16 * 1024;
+
 /// The read buffer tungstenite allocates per connection: small, so that thousands of
 /// idle connections stay cheap; large messages still arrive, in more reads.
 const READ_BUFFER: usize = 4 * 1024;
@@ -150,7 +155,7 @@ impl Write for Stream {
 pub fn ws_config(pool: &PoolConfig) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(0)
+        .write_buffer_size(WRITE_BATCH)
         .max_write_buffer_size(pool.max_message_size.saturating_mul(2).max(64 * 1024))
         .max_message_size(Some(pool.max_message_size))
         .max_frame_size(Some(pool.max_message_size))

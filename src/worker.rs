@@ -50,7 +50,7 @@ const WAKE_SIGNAL: libc::c_int = libc::SIGURG;
 /// `ppoll(2)`, so a wake sent while it is busy stays pending and ends its next wait;
 /// none is lost, and no descriptor is spent on it (a pool of 10,000 connections needs
 /// 10,000 descriptors, not 20,000).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Wake {
     /// The kernel's id of the thread that waits; 0 before it binds and after.
     tid: AtomicI32,
@@ -70,7 +70,9 @@ impl Wake {
                 libc::sigaction(WAKE_SIGNAL, &action, std::ptr::null_mut());
             }
         });
-        Wake::default()
+        Wake {
+            tid: AtomicI32::new(0),
+        }
     }
 
     pub fn signal(&self) {
@@ -103,6 +105,13 @@ impl Wake {
         self.tid.store(unsafe { libc::gettid() }, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         Waiter { wake: self, mask }
+    }
+}
+
+impl Default for Wake {
+    /// As `new`: the handler is installed either way, or a wake would be ignored.
+    fn default() -> Wake {
+        Wake::new()
     }
 }
 

@@ -826,6 +826,8 @@ impl Monitor {
             self.on_room_event(event, started);
         }
         for (_, client) in self.waiting.drain() {
+            let counts = &mut self.pools[client.pool].sessions;
+            *counts.closed.entry(1001).or_default() += 1;
             close_client(client, 1001, "wspoold shutting down");
         }
         let mut room_pools = HashMap::new();
@@ -854,10 +856,21 @@ impl Monitor {
             if left.is_zero() {
                 break;
             }
-            if let Ok(Event::Died { id, .. }) = self.events.recv_timeout(left)
-                && let Some(handle) = self.workers.remove(&id)
-            {
-                let _ = handle.thread.join();
+            match self.events.recv_timeout(left) {
+                Ok(Event::Died { id, .. }) => {
+                    if let Some(handle) = self.workers.remove(&id) {
+                        let _ = handle.thread.join();
+                    }
+                }
+                // Sessions on connections end with this shutdown's 1001.
+                Ok(Event::SessionEnded { id, code, .. }) => {
+                    if let Some(handle) = self.workers.get(&id) {
+                        let counts = &mut self.pools[handle.pool].sessions;
+                        *counts.closed.entry(code).or_default() += 1;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
             }
         }
         for room in self.closed_rooms.drain(..) {

@@ -436,6 +436,9 @@ fn sighup_applies_a_valid_config_keeps_an_invalid_one_out_and_sessions_stay_open
             },
         );
         assert!(exited.unwrap().success());
+        // The summary counts the session this shutdown closed.
+        let line = daemon.line("pool=p: sessions:", SOON);
+        assert!(line.contains("ended by close code: 1001×1"), "{line}");
     });
 }
 

@@ -18,7 +18,7 @@ const USAGE: &str = "\
 usage: wspoold <command> [options]
 
 commands:
-  run   [--config FILE]   run the daemon in the foreground (logs to stderr and syslog)
+  run   [--config FILE]   run the daemon in the foreground (logs to syslog and stderr)
   check [--config FILE]   validate the configuration and exit (0 valid, 78 invalid)
   status [--config FILE | --admin ADDR] [--json]
                           the running daemon's pools, endpoints and open incidents,
@@ -159,7 +159,8 @@ pub fn main(args: &[String]) -> i32 {
                 Err(e) => return config_failure(&e),
             };
             let options = Options {
-                stderr: true,
+                // Under systemd, syslog already reaches the journal.
+                stderr: !crate::notify::stderr_is_journal(),
                 observer: None,
                 notifier: None,
             };

@@ -114,9 +114,44 @@ impl Notifier {
     }
 }
 
+/// Whether stderr is a stream systemd connected to the journal. systemd names that
+/// stream's device and inode in `JOURNAL_STREAM` (systemd.exec(5)); what goes to syslog
+/// lands in the journal too, so copying it to stderr would show every line twice. The
+/// variable is inherited by children whose stderr is something else, hence the check.
+pub fn stderr_is_journal() -> bool {
+    let Some(value) = std::env::var("JOURNAL_STREAM").ok() else {
+        return false;
+    };
+    // SAFETY: all zeroes is a valid value of this plain C struct.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes one stat into a live local; on failure it is not read.
+    if unsafe { libc::fstat(libc::STDERR_FILENO, &mut stat) } != 0 {
+        return false;
+    }
+    names_stream(&value, stat.st_dev, stat.st_ino)
+}
+
+/// `JOURNAL_STREAM` is `device:inode`, both in decimal.
+fn names_stream(value: &str, dev: u64, ino: u64) -> bool {
+    value
+        .split_once(':')
+        .and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)))
+        == Some((dev, ino))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn journal_stream_names_a_device_and_an_inode() {
+        assert!(names_stream("8:12345", 8, 12345));
+        assert!(!names_stream("8:12345", 8, 12346));
+        assert!(!names_stream("9:12345", 8, 12345));
+        for bad in ["", "8", "8:", ":12345", "8:12345:1", "x:y"] {
+            assert!(!names_stream(bad, 8, 12345), "{bad:?}");
+        }
+    }
 
     fn socket() -> (UnixDatagram, PathBuf, std::path::PathBuf) {
         let dir = std::env::temp_dir().join(format!(

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use wspoold::faults::Upstream;
 
-use crate::util::{TempDir, wait_until, watchdog};
+use crate::util::{Syslog, TempDir, wait_until, watchdog};
 
 fn wspoold(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_wspoold"))
@@ -132,6 +132,60 @@ fn run_closes_every_connection_with_1001_and_exits_0_within_5s_of_sigterm() {
             || up.connections() == 0,
         );
         assert_eq!(up.close_codes().iter().filter(|c| **c == 1001).count(), 300);
+    });
+}
+
+#[test]
+fn under_systemd_journal_lines_go_to_syslog_once_not_also_to_stderr() {
+    use std::os::unix::fs::MetadataExt;
+    watchdog(60, || {
+        let up = Upstream::start().unwrap();
+        let dir = TempDir::new();
+        for journal in [false, true] {
+            let syslog = Syslog::new();
+            let config = format!(
+                "[daemon]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n[alerts]\nsyslog_socket = \"{}\"\n[pools.p]\nendpoints = [\"{}\"]\nmin = 2\n",
+                dir.path().display(),
+                syslog.path.display(),
+                up.url()
+            );
+            let path = write(&dir, "journal.toml", &config);
+            let err_path = dir.path().join(format!("stderr-{journal}"));
+            let err = std::fs::File::create(&err_path).unwrap();
+            let meta = err.metadata().unwrap();
+            let mut command = Command::new(env!("CARGO_BIN_EXE_wspoold"));
+            command
+                .args(["run", "--config", &path])
+                .stderr(Stdio::from(err));
+            // What systemd sets when it connects stderr to the journal; otherwise
+            // whatever this test inherited must not count.
+            if journal {
+                command.env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()));
+            } else {
+                command.env("JOURNAL_STREAM", "0:0");
+            }
+            let mut child = command.spawn().unwrap();
+            syslog.read_until(Duration::from_secs(10), "pool warm");
+            // SAFETY: sends a signal to our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let mut exited = None;
+            wait_until(
+                Duration::from_secs(5),
+                || "the daemon to exit after SIGTERM".into(),
+                || {
+                    exited = child.try_wait().unwrap();
+                    exited.is_some()
+                },
+            );
+            assert!(exited.unwrap().success());
+            let stderr = std::fs::read_to_string(&err_path).unwrap();
+            assert_eq!(
+                stderr.contains("pool warm"),
+                !journal,
+                "stderr {} the journal:\n{stderr}",
+                if journal { "is" } else { "is not" }
+            );
+        }
     });
 }
 

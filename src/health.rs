@@ -90,6 +90,12 @@ impl Health {
         self.since
     }
 
+    /// When the current outage began (suspect, down and probing are one); `None`
+    /// while in rotation.
+    pub fn out_since(&self) -> Option<Instant> {
+        (self.state != State::Up).then_some(self.out_since)
+    }
+
     pub fn failures(&self) -> u32 {
         self.failures
     }

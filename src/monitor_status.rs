@@ -63,6 +63,9 @@ impl Monitor {
                         url: view.url,
                         backup: view.backup,
                         state: view.state.label().to_string(),
+                        out_for_s: view
+                            .out_since
+                            .map(|t| now.saturating_duration_since(t).as_secs_f64()),
                         damped: view.damped,
                     }
                 })
@@ -96,6 +99,10 @@ impl Monitor {
                     }
                     .to_string(),
                     opened_at: format_time(open.opened),
+                    open_for_s: SystemTime::now()
+                        .duration_since(open.opened)
+                        .unwrap_or_default()
+                        .as_secs_f64(),
                     escalated: open.escalated,
                     endpoints: open.endpoints.clone(),
                     summary: open.summary.clone(),

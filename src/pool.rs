@@ -151,6 +151,8 @@ pub struct EndpointView {
     pub url: String,
     pub backup: bool,
     pub state: State,
+    /// When it left rotation; `None` while up.
+    pub out_since: Option<Instant>,
     pub damped: bool,
     pub srtt: Option<Duration>,
     pub timeout: Duration,
@@ -315,6 +317,7 @@ impl Pool {
                 url: slot.url.clone(),
                 backup: slot.backup,
                 state: slot.health.state(),
+                out_since: slot.health.out_since(),
                 damped: slot.flap.damped(),
                 srtt: slot.srtt,
                 timeout: slot.timeout,

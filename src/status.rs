@@ -57,6 +57,10 @@ pub struct EndpointStatus {
     pub backup: bool,
     /// up, suspect, down or probing.
     pub state: String,
+    /// Seconds since it left rotation (suspect, down and probing are one outage);
+    /// absent while up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub out_for_s: Option<f64>,
     /// Kept out of rotation for flapping.
     pub damped: bool,
     /// By state: connecting, idle, leased, retiring (every state present).
@@ -86,6 +90,9 @@ pub struct IncidentStatus {
     /// open or recovered (waiting out `resolve_after`).
     pub state: String,
     pub opened_at: String,
+    /// Seconds since it opened.
+    #[serde(default)]
+    pub open_for_s: f64,
     pub escalated: bool,
     pub endpoints: Vec<String>,
     pub summary: String,
@@ -137,6 +144,17 @@ fn ms(v: Option<f64>) -> String {
     }
 }
 
+/// A duration in whole units for the table: 45s, 12m30s, 3h05m, 2d04h.
+fn short(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
 /// The table an operator reads at a glance.
 pub fn print_table(status: &Status, out: &mut impl Write) -> io::Result<()> {
     writeln!(
@@ -178,13 +196,16 @@ pub fn print_table(status: &Status, out: &mut impl Write) -> io::Result<()> {
             .max(8);
         writeln!(
             out,
-            "  {:<width$}  {:<8} {:>5} {:>5} {:>6} {:>5}  {:>8} {:>8}  {:>7}  FAILURES",
+            "  {:<width$}  {:<14} {:>5} {:>5} {:>6} {:>5}  {:>8} {:>8}  {:>7}  FAILURES",
             "ENDPOINT", "STATE", "DIAL", "IDLE", "LEASED", "RETIR", "RTT p50", "RTT p99", "TIMEOUT"
         )?;
         for e in &pool.endpoints {
             let mut state = e.state.clone();
             if e.damped {
                 state.push_str("/damped");
+            }
+            if let Some(out) = e.out_for_s {
+                state.push_str(&format!(" {}", short(out)));
             }
             if e.backup {
                 state.push_str(" (b)");
@@ -207,7 +228,7 @@ pub fn print_table(status: &Status, out: &mut impl Write) -> io::Result<()> {
             };
             writeln!(
                 out,
-                "  {:<width$}  {:<8} {:>5} {:>5} {:>6} {:>5}  {:>8} {:>8}  {:>7}  {deaths}",
+                "  {:<width$}  {:<14} {:>5} {:>5} {:>6} {:>5}  {:>8} {:>8}  {:>7}  {deaths}",
                 e.url,
                 state,
                 n("connecting"),
@@ -229,8 +250,15 @@ pub fn print_table(status: &Status, out: &mut impl Write) -> io::Result<()> {
             let escalated = if i.escalated { ", escalated" } else { "" };
             writeln!(
                 out,
-                "  #{} {} {} {} in pool {} since {}{escalated}: {}",
-                i.id, i.severity, i.kind, i.state, i.pool, i.opened_at, i.summary
+                "  #{} {} {} {} for {} in pool {} (since {}){escalated}: {}",
+                i.id,
+                i.severity,
+                i.kind,
+                i.state,
+                short(i.open_for_s),
+                i.pool,
+                i.opened_at,
+                i.summary
             )?;
         }
     }
@@ -244,4 +272,72 @@ pub fn print_table(status: &Status, out: &mut impl Write) -> io::Result<()> {
         writeln!(out, "alerts: {}", failing.join("; "))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_in_the_table_are_short_and_whole() {
+        let cases = [
+            (0.4, "0s"),
+            (59.9, "59s"),
+            (60.0, "1m00s"),
+            (750.0, "12m30s"),
+            (3600.0 * 3.0 + 300.0, "3h05m"),
+            (86400.0 * 2.0 + 3600.0 * 4.0, "2d04h"),
+            (-1.0, "0s"),
+        ];
+        for (secs, shown) in cases {
+            assert_eq!(short(secs), shown, "{secs}");
+        }
+    }
+
+    #[test]
+    fn the_table_says_how_long_an_endpoint_and_an_incident_have_been_out() {
+        let endpoint = |url: &str, state: &str, out_for_s| EndpointStatus {
+            url: url.into(),
+            state: state.into(),
+            out_for_s,
+            ..Default::default()
+        };
+        let status = Status {
+            live: true,
+            pools: vec![PoolStatus {
+                name: "p".into(),
+                path: "/p".into(),
+                healthy: 1,
+                endpoints: vec![
+                    endpoint("ws://a/", "up", None),
+                    endpoint("ws://b/", "down", Some(754.2)),
+                ],
+                ..Default::default()
+            }],
+            incidents: vec![IncidentStatus {
+                id: 7,
+                pool: "p".into(),
+                kind: "endpoint_down".into(),
+                severity: "warning".into(),
+                state: "open".into(),
+                open_for_s: 750.0,
+                summary: "endpoint ws://b/ down".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        print_table(&status, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let row = |url: &str| {
+            let line = text.lines().find(|l| l.contains(url)).unwrap();
+            line.split_whitespace().take(3).collect::<Vec<_>>()
+        };
+        assert_eq!(row("ws://a/")[1], "up", "{text}");
+        assert_eq!(row("ws://b/")[1..], ["down", "12m34s"], "{text}");
+        assert!(
+            text.contains("#7 warning endpoint_down open for 12m30s in pool p"),
+            "{text}"
+        );
+    }
 }

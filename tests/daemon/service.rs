@@ -499,6 +499,15 @@ fn wspoold_status_shows_a_failing_endpoint_at_a_glance() {
         assert!(shown.contains("1 session(s)"), "{shown}");
         let good = shown.lines().find(|l| l.contains(&up.url())).unwrap();
         assert!(good.contains(" up "), "{good}");
+        // How long the refused one has been out of rotation, in whole seconds.
+        let bad = shown.lines().find(|l| l.contains(&refused)).unwrap();
+        let out_for = bad.split_whitespace().nth(2).unwrap_or_default();
+        assert!(
+            out_for
+                .strip_suffix('s')
+                .is_some_and(|n| n.parse::<u64>().is_ok()),
+            "{bad}"
+        );
         assert!(shown.contains("incidents:"), "{shown}");
 
         // Nothing left: the same command says so and exits 3.

@@ -170,6 +170,16 @@ pub struct Settings {
     pub escalate_failures: u32,
 }
 
+impl Settings {
+    pub fn from_alerts(alerts: &crate::config::AlertsConfig) -> Settings {
+        Settings {
+            resolve_after: alerts.resolve_after,
+            escalate_after: alerts.escalate_after,
+            escalate_failures: alerts.escalate_failures,
+        }
+    }
+}
+
 /// Signs seen before any incident opened: they date the incident if one follows.
 #[derive(Debug)]
 struct Lead {
@@ -216,6 +226,11 @@ impl Tracker {
             lead: None,
             heal_failed: None,
         }
+    }
+
+    /// A reload's timers: they apply to the open incident too, from its next update.
+    pub fn set_settings(&mut self, settings: Settings) {
+        self.settings = settings;
     }
 
     /// The open incident, if any.

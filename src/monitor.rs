@@ -128,11 +128,7 @@ impl PoolEntry {
         now: Instant,
         rng: &mut Rng,
     ) -> PoolEntry {
-        let settings = incident::Settings {
-            resolve_after: config.alerts.resolve_after,
-            escalate_after: config.alerts.escalate_after,
-            escalate_failures: config.alerts.escalate_failures,
-        };
+        let settings = incident::Settings::from_alerts(&config.alerts);
         let endpoints: Vec<Endpoint> = cfg.endpoints.iter().chain(&cfg.backup).cloned().collect();
         PoolEntry {
             config: Arc::new(cfg.clone()),

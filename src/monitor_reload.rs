@@ -50,6 +50,15 @@ impl Monitor {
 
     fn apply_config(&mut self, new: Config, now: Instant) {
         let restart = self.config.restart_keys_changed(&new);
+        if self.config.alerts != new.alerts {
+            // The alerter says what it changed; the pools take the new timers.
+            self.alerts.reconfigure(new.alerts.clone());
+            let settings = crate::incident::Settings::from_alerts(&new.alerts);
+            for entry in &mut self.pools {
+                entry.incidents.set_settings(settings);
+                entry.state.set_grace(new.alerts.grace);
+            }
+        }
         let mut added = Vec::new();
         let mut removed = Vec::new();
         let mut changed = Vec::new();
@@ -172,7 +181,6 @@ impl Monitor {
         kept.daemon.admin = self.config.daemon.admin;
         kept.daemon.admin_token = self.config.daemon.admin_token.clone();
         kept.daemon.state_dir = self.config.daemon.state_dir.clone();
-        kept.alerts = self.config.alerts.clone();
         self.config = kept;
         self.config_loaded = SystemTime::now();
     }

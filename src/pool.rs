@@ -600,6 +600,12 @@ impl Pool {
         }
     }
 
+    /// A reload's `[alerts] grace`; the warm-up window moves with it.
+    pub fn set_grace(&mut self, grace: Duration) {
+        self.warmup = self.warmup.saturating_sub(self.grace) + grace;
+        self.grace = grace;
+    }
+
     /// Take a reloaded configuration. Settings the pool alone uses apply at once.
     /// Endpoints are matched by URL: new ones join, removed ones take no new
     /// connections. Connections whose worker would now be built differently

@@ -5,6 +5,10 @@
 //! stops reading blocks only that thread. Nothing blocks the monitor: notices come
 //! over a bounded queue that drops and counts when full, incident transitions (a
 //! handful per incident) over an unbounded one, so none is lost.
+//!
+//! A reload hands the alerter a new `[alerts]`: receivers whose settings did not change
+//! keep running with their queues; removed or changed ones deliver what they had queued
+//! and end; new ones start; a syslog change reaches the log thread with its next line.
 
 pub mod payload;
 pub mod syslog;
@@ -17,8 +21,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError, select};
+use parking_lot::RwLock;
 
-use crate::config::AlertsConfig;
+use crate::config::{AlertsConfig, WebhookConfig};
 use crate::event::{Notice, Severity};
 use crate::journal::{Journal, Record};
 
@@ -27,14 +32,18 @@ const QUEUE: usize = 4096;
 /// How long shutdown waits for webhook receivers to take what is queued.
 const FLUSH: Duration = Duration::from_secs(5);
 
+/// Each webhook receiver's name and counters, as the monitor reads them for metrics.
+type Receivers = Vec<(String, Arc<webhook::Stats>)>;
+
 /// The monitor's side of the alerter.
 #[derive(Clone)]
 pub struct Alerts {
     tx: Sender<Notice>,
     incidents: Sender<Box<Record>>,
     dropped: Arc<AtomicU64>,
-    webhooks: Arc<Vec<(String, Arc<webhook::Stats>)>>,
+    webhooks: Arc<RwLock<Receivers>>,
     syslog: Arc<webhook::Stats>,
+    reconfigure: Sender<AlertsConfig>,
 }
 
 impl Alerts {
@@ -64,9 +73,21 @@ impl Alerts {
     }
 
     /// Each webhook receiver's name and counters.
-    pub fn webhooks(&self) -> &[(String, Arc<webhook::Stats>)] {
-        &self.webhooks
+    pub fn webhooks(&self) -> Receivers {
+        self.webhooks.read().clone()
     }
+
+    /// A reload's `[alerts]`: applied by the alerter thread, which says what changed.
+    pub fn reconfigure(&self, config: AlertsConfig) {
+        let _ = self.reconfigure.send(config);
+    }
+}
+
+/// What the log thread is handed.
+enum LogItem {
+    Line(Notice),
+    /// Write syslog here from now on (`None`: syslog turned off).
+    Syslog(Option<syslog::Sink>),
 }
 
 /// Where notices and incidents go.
@@ -75,13 +96,20 @@ pub struct Alerter {
     incidents: Receiver<Box<Record>>,
     /// Delivery threads' log lines.
     reports: Receiver<Notice>,
-    /// Held so that `reports` never disconnects (with no webhook it would, and a
-    /// disconnected channel in `select!` is always ready: a busy loop).
-    _reports_tx: Sender<Notice>,
+    /// Given to each new delivery thread. Held also so that `reports` never
+    /// disconnects (with no webhook it would, and a disconnected channel in `select!`
+    /// is always ready: a busy loop).
+    reports_tx: Sender<Notice>,
+    /// A reload's `[alerts]`.
+    reconfigure: Receiver<AlertsConfig>,
+    /// The `[alerts]` in force.
+    config: AlertsConfig,
     dropped: Arc<AtomicU64>,
     reported_dropped: u64,
     /// To the log thread; lines it has no room for are counted in `log_dropped`.
-    log: Sender<Notice>,
+    log: Sender<LogItem>,
+    /// A syslog change the log thread had no room for yet; sent before the next line.
+    syslog_change: Option<Option<syslog::Sink>>,
     log_dropped: u64,
     /// The log's counters (lines dropped here are counted there too).
     log_stats: Arc<webhook::Stats>,
@@ -89,7 +117,12 @@ pub struct Alerter {
     journal: Option<Journal>,
     /// The journal failed and the operator was told; said again once it works.
     journal_failing: bool,
-    webhooks: Vec<webhook::Handle>,
+    /// The receivers in force, in file order, each with its settings.
+    webhooks: Vec<(WebhookConfig, webhook::Handle)>,
+    /// Their names and counters, as the monitor reads them for metrics.
+    webhook_stats: Arc<RwLock<Receivers>>,
+    /// Receivers a reload removed or changed, delivering what they had queued.
+    retired: Vec<webhook::Handle>,
 }
 
 impl Alerter {
@@ -104,16 +137,14 @@ impl Alerter {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         let (incidents_tx, incidents) = crossbeam_channel::unbounded();
         let (reports_tx, reports) = crossbeam_channel::bounded(QUEUE);
+        let (reconfigure_tx, reconfigure) = crossbeam_channel::unbounded();
         let dropped = Arc::new(AtomicU64::new(0));
         let webhooks = config
             .webhooks
             .iter()
-            .map(|w| webhook::Handle::start(w, reports_tx.clone()))
+            .map(|w| Ok((w.clone(), webhook::Handle::start(w, reports_tx.clone())?)))
             .collect::<std::io::Result<Vec<_>>>()?;
-        let stats = webhooks
-            .iter()
-            .map(|w| (w.name.clone(), w.stats.clone()))
-            .collect();
+        let webhook_stats = Arc::new(RwLock::new(stats_of(&webhooks)));
         let (log, lines) = crossbeam_channel::bounded(QUEUE);
         let syslog_stats = Arc::new(webhook::Stats::default());
         let writer = LogWriter {
@@ -129,23 +160,29 @@ impl Alerter {
             rx,
             incidents,
             reports,
-            _reports_tx: reports_tx,
+            reports_tx,
+            reconfigure,
+            config: config.clone(),
             dropped: dropped.clone(),
             reported_dropped: 0,
             log,
+            syslog_change: None,
             log_dropped: 0,
             log_stats: syslog_stats.clone(),
             log_thread: Some(log_thread),
             journal,
             journal_failing: false,
             webhooks,
+            webhook_stats: webhook_stats.clone(),
+            retired: Vec::new(),
         };
         let alerts = Alerts {
             tx,
             incidents: incidents_tx,
             dropped,
-            webhooks: Arc::new(stats),
+            webhooks: webhook_stats,
             syslog: syslog_stats.clone(),
+            reconfigure: reconfigure_tx,
         };
         Ok((alerter, alerts))
     }
@@ -177,6 +214,10 @@ impl Alerter {
                         self.deliver(&notice);
                     }
                 },
+                recv(self.reconfigure) -> config => match config {
+                    Ok(config) => self.apply(config),
+                    Err(_) => break,
+                },
             }
         }
         // Every Alerts is gone: both queues are closed; take what is left in them.
@@ -204,18 +245,101 @@ impl Alerter {
         }
     }
 
+    /// A reload's `[alerts]`: keep the receivers whose settings are the same, retire
+    /// the rest, start the new ones, and hand syslog changes to the log thread.
+    fn apply(&mut self, config: AlertsConfig) {
+        self.join_retired();
+        let mut said = Vec::new();
+        let old = &self.config;
+        if (old.syslog, &old.syslog_socket, old.syslog_facility as i32)
+            != (
+                config.syslog,
+                &config.syslog_socket,
+                config.syslog_facility as i32,
+            )
+        {
+            self.syslog_change = Some(config.syslog.then(|| syslog::Sink::new(&config)));
+            said.push(if config.syslog {
+                format!(
+                    "syslog to {} ({:?})",
+                    config.syslog_socket.display(),
+                    config.syslog_facility
+                )
+            } else {
+                "syslog off".to_string()
+            });
+        }
+        let mut running = std::mem::take(&mut self.webhooks);
+        let (mut added, mut changed) = (Vec::new(), Vec::new());
+        for wanted in &config.webhooks {
+            if let Some(i) = running.iter().position(|(c, _)| c == wanted) {
+                self.webhooks.push(running.remove(i));
+                continue;
+            }
+            let renewed = running.iter().any(|(c, _)| c.name == wanted.name);
+            match webhook::Handle::start(wanted, self.reports_tx.clone()) {
+                Ok(handle) => {
+                    self.webhooks.push((wanted.clone(), handle));
+                    if renewed { &mut changed } else { &mut added }.push(wanted.name.clone());
+                }
+                Err(e) => said.push(format!(
+                    "webhook {} not started: cannot start its thread: {e}",
+                    wanted.name
+                )),
+            }
+        }
+        let mut removed = Vec::new();
+        for (old, handle) in running {
+            if !changed.contains(&old.name) {
+                removed.push(old.name.clone());
+            }
+            handle.close();
+            self.retired.push(handle);
+        }
+        for (what, names) in [("added", added), ("changed", changed), ("removed", removed)] {
+            if !names.is_empty() {
+                said.push(format!("webhook(s) {what}: {}", names.join(", ")));
+            }
+        }
+        *self.webhook_stats.write() = stats_of(&self.webhooks);
+        let timers = (old.grace, old.resolve_after, old.escalate_after)
+            != (config.grace, config.resolve_after, config.escalate_after)
+            || old.escalate_failures != config.escalate_failures;
+        if timers {
+            said.push("incident timers applied to open and future incidents".to_string());
+        }
+        self.config = config;
+        if !said.is_empty() {
+            let text = format!("reload: [alerts] applied: {}", said.join("; "));
+            self.deliver(&Notice::new(Severity::Info, text));
+        }
+    }
+
+    /// Join retired receivers that have delivered what they had.
+    fn join_retired(&mut self) {
+        let (done, busy) = std::mem::take(&mut self.retired)
+            .into_iter()
+            .partition(|w: &webhook::Handle| w.is_finished());
+        self.retired = busy;
+        for webhook in done {
+            webhook.join();
+        }
+    }
+
     fn flush_webhooks(&mut self) {
-        for webhook in &self.webhooks {
+        let mut all: Vec<webhook::Handle> = std::mem::take(&mut self.retired);
+        all.extend(self.webhooks.drain(..).map(|(_, handle)| handle));
+        for webhook in &all {
             webhook.close();
         }
         let deadline = Instant::now() + FLUSH;
-        while self.webhooks.iter().any(|w| !w.is_finished()) && Instant::now() < deadline {
+        while all.iter().any(|w| !w.is_finished()) && Instant::now() < deadline {
             if let Ok(notice) = self.reports.recv_timeout(Duration::from_millis(50)) {
                 self.deliver(&notice);
             }
         }
         let mut late = Vec::new();
-        for webhook in self.webhooks.drain(..) {
+        for webhook in all {
             if webhook.is_finished() {
                 webhook.join();
             } else {
@@ -240,7 +364,7 @@ impl Alerter {
         self.journal(&record);
         let record = Arc::new(record);
         let mut dropped = Vec::new();
-        for webhook in &self.webhooks {
+        for (_, webhook) in &self.webhooks {
             if webhook.wants(&record)
                 && let Some(old) = webhook.push(record.clone())
             {
@@ -300,6 +424,12 @@ impl Alerter {
     /// Hand a line to the log thread; if it is behind, count the line and say so
     /// once it has room again.
     fn deliver(&mut self, notice: &Notice) {
+        if let Some(change) = self.syslog_change.take()
+            && let Err(TrySendError::Full(LogItem::Syslog(change))) =
+                self.log.try_send(LogItem::Syslog(change))
+        {
+            self.syslog_change = Some(change);
+        }
         if self.log_dropped > 0 {
             let text = format!(
                 "{} log line(s) dropped: syslog or stderr was not taking them",
@@ -307,22 +437,29 @@ impl Alerter {
             );
             if self
                 .log
-                .try_send(Notice::new(Severity::Warning, text))
+                .try_send(LogItem::Line(Notice::new(Severity::Warning, text)))
                 .is_ok()
             {
                 self.log_dropped = 0;
             }
         }
-        if self.log.try_send(notice.clone()).is_err() {
+        if self.log.try_send(LogItem::Line(notice.clone())).is_err() {
             self.log_dropped += 1;
             self.log_stats.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
+fn stats_of(webhooks: &[(WebhookConfig, webhook::Handle)]) -> Receivers {
+    webhooks
+        .iter()
+        .map(|(_, w)| (w.name.clone(), w.stats.clone()))
+        .collect()
+}
+
 /// The log thread: syslog first, stderr in the foreground or when syslog fails.
 struct LogWriter {
-    lines: Receiver<Notice>,
+    lines: Receiver<LogItem>,
     syslog: Option<syslog::Sink>,
     stderr: bool,
     stats: Arc<webhook::Stats>,
@@ -330,7 +467,14 @@ struct LogWriter {
 
 impl LogWriter {
     fn run(mut self) {
-        while let Ok(notice) = self.lines.recv() {
+        while let Ok(item) = self.lines.recv() {
+            let notice = match item {
+                LogItem::Line(notice) => notice,
+                LogItem::Syslog(sink) => {
+                    self.syslog = sink;
+                    continue;
+                }
+            };
             let mut fell_back = None;
             if let Some(sink) = &mut self.syslog {
                 fell_back = sink.send(&notice);
@@ -341,7 +485,8 @@ impl LogWriter {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
             }
-            if self.stderr || fell_back.is_some() {
+            // With syslog off, stderr is the only place left, journal or not.
+            if self.stderr || self.syslog.is_none() || fell_back.is_some() {
                 let mut err = std::io::stderr().lock();
                 if let Some(why) = fell_back.flatten() {
                     let _ = writeln!(err, "wspoold: warning: {why}");

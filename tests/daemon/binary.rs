@@ -141,16 +141,18 @@ fn under_systemd_journal_lines_go_to_syslog_once_not_also_to_stderr() {
     watchdog(60, || {
         let up = Upstream::start().unwrap();
         let dir = TempDir::new();
-        for journal in [false, true] {
+        // (stderr is the journal, syslog on): stderr gets the lines unless it is the
+        // journal and syslog (which reaches the journal) is on.
+        for (journal, syslog_on) in [(false, true), (true, true), (true, false)] {
             let syslog = Syslog::new();
             let config = format!(
-                "[daemon]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n[alerts]\nsyslog_socket = \"{}\"\n[pools.p]\nendpoints = [\"{}\"]\nmin = 2\n",
+                "[daemon]\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n[alerts]\nsyslog = {syslog_on}\nsyslog_socket = \"{}\"\n[pools.p]\nendpoints = [\"{}\"]\nmin = 2\n",
                 dir.path().display(),
                 syslog.path.display(),
                 up.url()
             );
             let path = write(&dir, "journal.toml", &config);
-            let err_path = dir.path().join(format!("stderr-{journal}"));
+            let err_path = dir.path().join(format!("stderr-{journal}-{syslog_on}"));
             let err = std::fs::File::create(&err_path).unwrap();
             let meta = err.metadata().unwrap();
             let mut command = Command::new(env!("CARGO_BIN_EXE_wspoold"));
@@ -165,7 +167,16 @@ fn under_systemd_journal_lines_go_to_syslog_once_not_also_to_stderr() {
                 command.env("JOURNAL_STREAM", "0:0");
             }
             let mut child = command.spawn().unwrap();
-            syslog.read_until(Duration::from_secs(10), "pool warm");
+            let stderr = || std::fs::read_to_string(&err_path).unwrap();
+            if syslog_on {
+                syslog.read_until(Duration::from_secs(10), "pool warm");
+            } else {
+                wait_until(
+                    Duration::from_secs(10),
+                    || format!("'pool warm' on stderr:\n{}", stderr()),
+                    || stderr().contains("pool warm"),
+                );
+            }
             // SAFETY: sends a signal to our own child.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let mut exited = None;
@@ -178,12 +189,11 @@ fn under_systemd_journal_lines_go_to_syslog_once_not_also_to_stderr() {
                 },
             );
             assert!(exited.unwrap().success());
-            let stderr = std::fs::read_to_string(&err_path).unwrap();
+            let stderr = stderr();
             assert_eq!(
-                stderr.contains("pool warm"),
-                !journal,
-                "stderr {} the journal:\n{stderr}",
-                if journal { "is" } else { "is not" }
+                stderr.contains("shut down: closed"),
+                !(journal && syslog_on),
+                "journal {journal}, syslog {syslog_on}:\n{stderr}"
             );
         }
     });

@@ -502,3 +502,61 @@ fn the_journal_survives_kill_9_and_the_review_reads_it_back() {
         assert!(table.contains("POOL  INCIDENTS  MEAN RECOVER"), "{table}");
     });
 }
+
+#[test]
+fn a_reload_moves_alerts_to_another_receiver_and_keeps_the_one_unchanged() {
+    watchdog(60, || {
+        let mut kept = Receiver::start(Answer::Ok);
+        let mut old = Receiver::start(Answer::Ok);
+        let mut new = Receiver::start(Answer::Ok);
+        let timers = "resolve_after = \"300ms\"\nescalate_after = \"0s\"\nescalate_failures = 0";
+        let (a, b) = (Upstream::start().unwrap(), Upstream::start().unwrap());
+        let log = Syslog::new();
+        let hooks = |second: &Receiver, name: &str| {
+            [
+                webhook(&kept.url, "name = \"kept\""),
+                webhook(&second.url, &format!("name = \"{name}\"")),
+            ]
+        };
+        let cfg = config_with(
+            &[a.url(), b.url()],
+            "down_after = 2",
+            &alerts(&log, timers, &hooks(&old, "old")),
+        );
+        let mut d = start(&cfg);
+        d.wait_healthy(2, SOON);
+
+        // Same pools, one receiver swapped for another: no restart needed.
+        let mut changed = cfg.clone();
+        changed.alerts = config_with(
+            &[a.url(), b.url()],
+            "",
+            &alerts(&log, timers, &hooks(&new, "new")),
+        )
+        .alerts;
+        let control = d.daemon.as_ref().unwrap().control();
+        control
+            .send(wspoold::event::Control::Apply(Box::new(changed)))
+            .unwrap();
+        let lines = log.read_until(SOON, "[alerts] applied");
+        let line = lines.last().unwrap();
+        assert!(line.contains("webhook(s) added: new"), "{line}");
+        assert!(line.contains("webhook(s) removed: old"), "{line}");
+        assert!(
+            !line.contains("kept"),
+            "an unchanged receiver is kept: {line}"
+        );
+        let restart = lines.iter().find(|l| l.contains("without a restart"));
+        assert!(restart.is_none(), "{restart:?}");
+
+        a.kill();
+        assert_eq!(new.next(SOON).body["status"], "firing");
+        assert_eq!(kept.next(SOON).body["status"], "firing");
+        a.restart().unwrap();
+        assert_eq!(new.next(SOON).body["status"], "resolved");
+        assert_eq!(kept.next(SOON).body["status"], "resolved");
+        let stray = old.drain_for(Duration::from_millis(300));
+        assert!(stray.is_empty(), "the removed receiver got {stray:#?}");
+        drop(d);
+    });
+}

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use crate::alert::Stderr;
 use crate::config::{self, Config, ConfigError};
 use crate::daemon::{self, Options};
 
@@ -160,7 +161,11 @@ pub fn main(args: &[String]) -> i32 {
             };
             let options = Options {
                 // Under systemd, syslog already reaches the journal.
-                stderr: !crate::notify::stderr_is_journal(),
+                stderr: if crate::notify::stderr_is_journal() {
+                    Stderr::UnlessSyslog
+                } else {
+                    Stderr::Always
+                },
                 observer: None,
                 notifier: None,
             };

@@ -9,7 +9,7 @@ use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::admin::{Admin, Published};
-use crate::alert::Alerter;
+use crate::alert::{Alerter, Stderr};
 use crate::config::Config;
 use crate::event::{Control, Notice, Observation, Severity};
 use crate::journal::{Journal, Recovered};
@@ -62,8 +62,8 @@ fn raise_descriptor_limit(max_connections: usize) -> Option<Notice> {
 /// How the daemon is embedded.
 #[derive(Default)]
 pub struct Options {
-    /// Copy every notice to stderr (foreground runs).
-    pub stderr: bool,
+    /// When notices are copied to stderr.
+    pub stderr: Stderr,
     /// Receives structured observations (the demo and tests measure with them).
     pub observer: Option<Sender<Observation>>,
     /// Where systemd notifications go (`Notifier::from_env()` under systemd).

@@ -74,7 +74,7 @@ pub fn run(seconds: u64) -> io::Result<()> {
     let daemon = Daemon::start(
         &config,
         Options {
-            stderr: false,
+            stderr: crate::alert::Stderr::Never,
             observer: Some(tx),
             notifier: None,
         },

@@ -853,8 +853,14 @@ impl Monitor {
                 break;
             }
             match self.events.recv_timeout(left) {
-                Ok(Event::Died { id, .. }) => {
+                Ok(Event::Died { id, client, .. }) => {
                     if let Some(handle) = self.workers.remove(&id) {
+                        // A client handed back to heal: there is nothing to heal onto.
+                        if let Some(client) = client {
+                            let counts = &mut self.pools[handle.pool].sessions;
+                            *counts.closed.entry(1001).or_default() += 1;
+                            close_client(*client, 1001, "wspoold shutting down");
+                        }
                         let _ = handle.thread.join();
                     }
                 }

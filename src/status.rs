@@ -155,6 +155,21 @@ fn short(secs: f64) -> String {
     }
 }
 
+/// "down 12m30s", "up/damped (b)": the state, how long it has been out, a backup.
+fn state_label(e: &EndpointStatus) -> String {
+    let mut state = e.state.clone();
+    if e.damped {
+        state.push_str("/damped");
+    }
+    if let Some(out) = e.out_for_s {
+        state.push_str(&format!(" {}", short(out)));
+    }
+    if e.backup {
+        state.push_str(" (b)");
+    }
+    state
+}
+
 /// The table an operator reads at a glance.
 pub fn print_table(status: &Status, out: &mut impl Write) -> io::Result<()> {
     writeln!(
@@ -194,22 +209,19 @@ pub fn print_table(status: &Status, out: &mut impl Write) -> io::Result<()> {
             .max()
             .unwrap_or(8)
             .max(8);
+        let states: Vec<String> = pool.endpoints.iter().map(state_label).collect();
+        let state_width = states
+            .iter()
+            .map(|s| s.chars().count())
+            .max()
+            .unwrap_or(5)
+            .max(5);
         writeln!(
             out,
-            "  {:<width$}  {:<14} {:>5} {:>5} {:>6} {:>5}  {:>8} {:>8}  {:>7}  FAILURES",
+            "  {:<width$}  {:<state_width$} {:>5} {:>5} {:>6} {:>5}  {:>8} {:>8}  {:>7}  FAILURES",
             "ENDPOINT", "STATE", "DIAL", "IDLE", "LEASED", "RETIR", "RTT p50", "RTT p99", "TIMEOUT"
         )?;
-        for e in &pool.endpoints {
-            let mut state = e.state.clone();
-            if e.damped {
-                state.push_str("/damped");
-            }
-            if let Some(out) = e.out_for_s {
-                state.push_str(&format!(" {}", short(out)));
-            }
-            if e.backup {
-                state.push_str(" (b)");
-            }
+        for (e, state) in pool.endpoints.iter().zip(states) {
             let n = |k: &str| e.connections.get(k).copied().unwrap_or(0);
             // Deaths of live connections and failed attempts, by cause.
             let mut failures = e.deaths.clone();
@@ -228,7 +240,7 @@ pub fn print_table(status: &Status, out: &mut impl Write) -> io::Result<()> {
             };
             writeln!(
                 out,
-                "  {:<width$}  {:<14} {:>5} {:>5} {:>6} {:>5}  {:>8} {:>8}  {:>7}  {deaths}",
+                "  {:<width$}  {:<state_width$} {:>5} {:>5} {:>6} {:>5}  {:>8} {:>8}  {:>7}  {deaths}",
                 e.url,
                 state,
                 n("connecting"),
@@ -311,6 +323,11 @@ mod tests {
                 endpoints: vec![
                     endpoint("ws://a/", "up", None),
                     endpoint("ws://b/", "down", Some(754.2)),
+                    EndpointStatus {
+                        damped: true,
+                        backup: true,
+                        ..endpoint("ws://c/", "probing", Some(3.0 * 86400.0))
+                    },
                 ],
                 ..Default::default()
             }],
@@ -335,6 +352,13 @@ mod tests {
         };
         assert_eq!(row("ws://a/")[1], "up", "{text}");
         assert_eq!(row("ws://b/")[1..], ["down", "12m34s"], "{text}");
+        assert_eq!(row("ws://c/")[1..], ["probing/damped", "3d00h"], "{text}");
+        // Columns line up however long a state is: every row's FAILURES ("-") sits
+        // under the heading.
+        let at = text.lines().find_map(|l| l.find("FAILURES")).unwrap();
+        for line in text.lines().filter(|l| l.starts_with("  ws://")) {
+            assert_eq!(line.rfind(" -").map(|i| i + 1), Some(at), "{text}");
+        }
         assert!(
             text.contains("#7 warning endpoint_down open for 12m30s in pool p"),
             "{text}"

@@ -14,6 +14,7 @@ pub mod payload;
 pub mod syslog;
 pub mod webhook;
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +26,7 @@ use parking_lot::RwLock;
 
 use crate::config::{AlertsConfig, WebhookConfig};
 use crate::event::{Notice, Severity};
+use crate::incident::Status;
 use crate::journal::{Journal, Record};
 
 /// Notices waiting for the alerter before new ones are dropped.
@@ -83,6 +85,20 @@ impl Alerts {
     }
 }
 
+/// Whether log lines are copied to stderr as well as syslog. Lines go to stderr
+/// whenever syslog fails, whatever this says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Stderr {
+    /// Embedded (demo, tests, benchmarks): only where syslog fails.
+    #[default]
+    Never,
+    /// In the foreground: every line.
+    Always,
+    /// Under systemd, stderr is the journal and syslog reaches it too: only while
+    /// syslog is off (`syslog = false`).
+    UnlessSyslog,
+}
+
 /// What the log thread is handed.
 enum LogItem {
     Line(Notice),
@@ -123,16 +139,19 @@ pub struct Alerter {
     webhook_stats: Arc<RwLock<Receivers>>,
     /// Receivers a reload removed or changed, delivering what they had queued.
     retired: Vec<webhook::Handle>,
+    /// The latest firing or escalated record of each open incident, for receivers a
+    /// reload starts: they hear of what is open at once.
+    open: BTreeMap<u64, Arc<Record>>,
 }
 
 impl Alerter {
     /// Build the alerter and its handle, and start a delivery thread per webhook.
-    /// `stderr` also copies every line to stderr; `journal` is where incidents are
-    /// recorded (none if it could not be opened).
+    /// `stderr` says when lines are copied to stderr; `journal` is where incidents
+    /// are recorded (none if it could not be opened).
     pub fn new(
         config: &AlertsConfig,
         journal: Option<Journal>,
-        stderr: bool,
+        stderr: Stderr,
     ) -> std::io::Result<(Alerter, Alerts)> {
         let (tx, rx) = crossbeam_channel::bounded(QUEUE);
         let (incidents_tx, incidents) = crossbeam_channel::unbounded();
@@ -142,9 +161,12 @@ impl Alerter {
         let webhooks = config
             .webhooks
             .iter()
-            .map(|w| Ok((w.clone(), webhook::Handle::start(w, reports_tx.clone())?)))
+            .map(|w| {
+                let handle = webhook::Handle::start(w, reports_tx.clone(), Arc::default())?;
+                Ok((w.clone(), handle))
+            })
             .collect::<std::io::Result<Vec<_>>>()?;
-        let webhook_stats = Arc::new(RwLock::new(stats_of(&webhooks)));
+        let webhook_stats = Arc::new(RwLock::new(stats_of(&webhooks, &[])));
         let (log, lines) = crossbeam_channel::bounded(QUEUE);
         let syslog_stats = Arc::new(webhook::Stats::default());
         let writer = LogWriter {
@@ -175,6 +197,7 @@ impl Alerter {
             webhooks,
             webhook_stats: webhook_stats.clone(),
             retired: Vec::new(),
+            open: BTreeMap::new(),
         };
         let alerts = Alerts {
             tx,
@@ -198,12 +221,18 @@ impl Alerter {
     pub fn run(mut self) {
         loop {
             select! {
+                // A reload's [alerts] comes before what the monitor sent after it:
+                // nothing it sent later goes to a receiver the reload removed.
                 recv(self.incidents) -> record => match record {
-                    Ok(record) => self.on_incident(*record),
+                    Ok(record) => {
+                        self.take_reconfigure();
+                        self.on_incident(*record);
+                    }
                     Err(_) => break,
                 },
                 recv(self.rx) -> notice => match notice {
                     Ok(notice) => {
+                        self.take_reconfigure();
                         self.report_drops();
                         self.deliver(&notice);
                     }
@@ -245,6 +274,12 @@ impl Alerter {
         }
     }
 
+    fn take_reconfigure(&mut self) {
+        while let Ok(config) = self.reconfigure.try_recv() {
+            self.apply(config);
+        }
+    }
+
     /// A reload's `[alerts]`: keep the receivers whose settings are the same, retire
     /// the rest, start the new ones, and hand syslog changes to the log thread.
     fn apply(&mut self, config: AlertsConfig) {
@@ -276,9 +311,14 @@ impl Alerter {
                 self.webhooks.push(running.remove(i));
                 continue;
             }
-            let renewed = running.iter().any(|(c, _)| c.name == wanted.name);
-            match webhook::Handle::start(wanted, self.reports_tx.clone()) {
+            let renewed = running.iter().find(|(c, _)| c.name == wanted.name);
+            let stats = renewed.map_or_else(Arc::default, |(_, h)| h.stats.clone());
+            let renewed = renewed.is_some();
+            match webhook::Handle::start(wanted, self.reports_tx.clone(), stats) {
                 Ok(handle) => {
+                    for record in self.open.values().filter(|r| handle.wants(r)) {
+                        handle.push(record.clone());
+                    }
                     self.webhooks.push((wanted.clone(), handle));
                     if renewed { &mut changed } else { &mut added }.push(wanted.name.clone());
                 }
@@ -301,7 +341,7 @@ impl Alerter {
                 said.push(format!("webhook(s) {what}: {}", names.join(", ")));
             }
         }
-        *self.webhook_stats.write() = stats_of(&self.webhooks);
+        *self.webhook_stats.write() = stats_of(&self.webhooks, &self.retired);
         let timers = (old.grace, old.resolve_after, old.escalate_after)
             != (config.grace, config.resolve_after, config.escalate_after)
             || old.escalate_failures != config.escalate_failures;
@@ -324,6 +364,7 @@ impl Alerter {
         for webhook in done {
             webhook.join();
         }
+        *self.webhook_stats.write() = stats_of(&self.webhooks, &self.retired);
     }
 
     fn flush_webhooks(&mut self) {
@@ -342,7 +383,7 @@ impl Alerter {
         for webhook in all {
             if webhook.is_finished() {
                 webhook.join();
-            } else {
+            } else if !late.contains(&webhook.name) {
                 late.push(webhook.name.clone());
             }
         }
@@ -363,6 +404,15 @@ impl Alerter {
     fn on_incident(&mut self, record: Record) {
         self.journal(&record);
         let record = Arc::new(record);
+        match record.status {
+            Status::Firing | Status::Escalated => {
+                self.open.insert(record.incident, record.clone());
+            }
+            Status::Resolved => {
+                self.open.remove(&record.incident);
+            }
+            Status::Updated | Status::Recovered => {}
+        }
         let mut dropped = Vec::new();
         for (_, webhook) in &self.webhooks {
             if webhook.wants(&record)
@@ -450,18 +500,29 @@ impl Alerter {
     }
 }
 
-fn stats_of(webhooks: &[(WebhookConfig, webhook::Handle)]) -> Receivers {
-    webhooks
+/// The receivers in force, then retired ones still delivering (a changed one counts
+/// on under its name, so it is listed once).
+fn stats_of(
+    webhooks: &[(WebhookConfig, webhook::Handle)],
+    retired: &[webhook::Handle],
+) -> Receivers {
+    let mut stats: Receivers = webhooks
         .iter()
         .map(|(_, w)| (w.name.clone(), w.stats.clone()))
-        .collect()
+        .collect();
+    for w in retired {
+        if !stats.iter().any(|(name, _)| *name == w.name) {
+            stats.push((w.name.clone(), w.stats.clone()));
+        }
+    }
+    stats
 }
 
 /// The log thread: syslog first, stderr in the foreground or when syslog fails.
 struct LogWriter {
     lines: Receiver<LogItem>,
     syslog: Option<syslog::Sink>,
-    stderr: bool,
+    stderr: Stderr,
     stats: Arc<webhook::Stats>,
 }
 
@@ -485,8 +546,12 @@ impl LogWriter {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
             }
-            // With syslog off, stderr is the only place left, journal or not.
-            if self.stderr || self.syslog.is_none() || fell_back.is_some() {
+            let copy = match self.stderr {
+                Stderr::Never => false,
+                Stderr::Always => true,
+                Stderr::UnlessSyslog => self.syslog.is_none(),
+            };
+            if copy || fell_back.is_some() {
                 let mut err = std::io::stderr().lock();
                 if let Some(why) = fell_back.flatten() {
                     let _ = writeln!(err, "wspoold: warning: {why}");
@@ -500,7 +565,6 @@ impl LogWriter {
 /// The log line of an incident transition: firing and escalated at the incident's
 /// severity, the rest as information.
 pub fn incident_notice(record: &Record) -> Notice {
-    use crate::incident::Status;
     let severity = match record.status {
         Status::Firing | Status::Escalated => record.severity,
         _ => Severity::Info,

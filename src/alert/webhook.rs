@@ -121,14 +121,18 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// Start the delivery thread. `reports` takes its log lines.
-    pub fn start(config: &WebhookConfig, reports: Sender<Notice>) -> std::io::Result<Handle> {
+    /// Start the delivery thread. `reports` takes its log lines; `stats` is where it
+    /// counts (a receiver a reload changed goes on counting where it left off).
+    pub fn start(
+        config: &WebhookConfig,
+        reports: Sender<Notice>,
+        stats: Arc<Stats>,
+    ) -> std::io::Result<Handle> {
         let queue = Arc::new(Queue {
             items: Mutex::new(Items::default()),
             ready: Condvar::new(),
             capacity: config.queue,
         });
-        let stats = Arc::new(Stats::default());
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(config.timeout))
             .http_status_as_error(false)

@@ -504,59 +504,71 @@ fn the_journal_survives_kill_9_and_the_review_reads_it_back() {
 }
 
 #[test]
-fn a_reload_moves_alerts_to_another_receiver_and_keeps_the_one_unchanged() {
+fn a_reload_applies_alerts_to_an_open_incident_without_a_restart() {
     watchdog(60, || {
+        // kept: unchanged. ops: moved from `old` to `new`. extra: removed.
         let mut kept = Receiver::start(Answer::Ok);
         let mut old = Receiver::start(Answer::Ok);
         let mut new = Receiver::start(Answer::Ok);
-        let timers = "resolve_after = \"300ms\"\nescalate_after = \"0s\"\nescalate_failures = 0";
         let (a, b) = (Upstream::start().unwrap(), Upstream::start().unwrap());
         let log = Syslog::new();
-        let hooks = |second: &Receiver, name: &str| {
-            [
-                webhook(&kept.url, "name = \"kept\""),
-                webhook(&second.url, &format!("name = \"{name}\"")),
-            ]
-        };
+        let before = [
+            webhook(&kept.url, "name = \"kept\""),
+            webhook(&old.url, "name = \"ops\""),
+            webhook(&old.url, "name = \"extra\""),
+        ];
+        // Until the reload, an incident would take an hour to resolve.
+        let slow = "resolve_after = \"1h\"\nescalate_after = \"0s\"\nescalate_failures = 0";
         let cfg = config_with(
             &[a.url(), b.url()],
             "down_after = 2",
-            &alerts(&log, timers, &hooks(&old, "old")),
+            &alerts(&log, slow, &before),
         );
         let mut d = start(&cfg);
         d.wait_healthy(2, SOON);
+        a.kill();
+        assert_eq!(kept.next(SOON).body["status"], "firing");
+        assert_eq!(old.next(SOON).body["status"], "firing");
+        assert_eq!(old.next(SOON).body["status"], "firing");
 
-        // Same pools, one receiver swapped for another: no restart needed.
+        let after = [
+            webhook(&kept.url, "name = \"kept\""),
+            webhook(&new.url, "name = \"ops\""),
+        ];
+        let fast = slow.replace("1h", "300ms");
         let mut changed = cfg.clone();
-        changed.alerts = config_with(
-            &[a.url(), b.url()],
-            "",
-            &alerts(&log, timers, &hooks(&new, "new")),
-        )
-        .alerts;
+        changed.alerts = config_with(&[a.url()], "", &alerts(&log, &fast, &after)).alerts;
         let control = d.daemon.as_ref().unwrap().control();
         control
             .send(wspoold::event::Control::Apply(Box::new(changed)))
             .unwrap();
+        d.wait_notice(SOON, "reloaded");
+        // What the monitor says with it came in the same turn: no restart asked for.
+        let restart = d.take_ready().into_iter().find(|o| {
+            matches!(o, wspoold::event::Observation::Notice(n) if n.text.contains("without a restart"))
+        });
+        assert!(restart.is_none(), "{restart:?}");
         let lines = log.read_until(SOON, "[alerts] applied");
         let line = lines.last().unwrap();
-        assert!(line.contains("webhook(s) added: new"), "{line}");
-        assert!(line.contains("webhook(s) removed: old"), "{line}");
+        assert!(line.contains("webhook(s) changed: ops"), "{line}");
+        assert!(line.contains("webhook(s) removed: extra"), "{line}");
         assert!(
             !line.contains("kept"),
             "an unchanged receiver is kept: {line}"
         );
-        let restart = lines.iter().find(|l| l.contains("without a restart"));
-        assert!(restart.is_none(), "{restart:?}");
 
-        a.kill();
-        assert_eq!(new.next(SOON).body["status"], "firing");
-        assert_eq!(kept.next(SOON).body["status"], "firing");
+        // The moved receiver hears of the open incident at once; the kept one is not
+        // told twice.
+        let primed = new.next(SOON);
+        assert_eq!(primed.body["status"], "firing");
+        assert_eq!(primed.body["incident"], 1);
+        // The new resolve_after holds for the incident already open.
         a.restart().unwrap();
         assert_eq!(new.next(SOON).body["status"], "resolved");
         assert_eq!(kept.next(SOON).body["status"], "resolved");
+        assert_eq!(kept.seen.len(), 2, "{:#?}", kept.seen);
         let stray = old.drain_for(Duration::from_millis(300));
-        assert!(stray.is_empty(), "the removed receiver got {stray:#?}");
+        assert!(stray.is_empty(), "removed receivers got {stray:#?}");
         drop(d);
     });
 }

@@ -237,7 +237,7 @@ fn systemd_hears_ready_watchdog_only_while_the_monitor_turns_reloading_and_stopp
         let daemon = wspoold::daemon::Daemon::start(
             &cfg,
             wspoold::daemon::Options {
-                stderr: false,
+                stderr: wspoold::alert::Stderr::Never,
                 observer: Some(tx),
                 notifier: Some(
                     Notifier::new(notify.path.clone(), Some(Duration::from_millis(400))).unwrap(),

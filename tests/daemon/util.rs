@@ -122,7 +122,7 @@ pub fn start(config: &Config) -> Running {
     let daemon = Daemon::start(
         config,
         Options {
-            stderr: false,
+            stderr: wspoold::alert::Stderr::Never,
             observer: Some(tx),
             notifier: None,
         },

@@ -90,7 +90,11 @@ pub fn wspoold(
         Options {
             // WSPOOLD_BENCH_LOG=1 shows what the daemon logs, to see why a figure is
             // what it is.
-            stderr: std::env::var_os("WSPOOLD_BENCH_LOG").is_some(),
+            stderr: if std::env::var_os("WSPOOLD_BENCH_LOG").is_some() {
+                wspoold::alert::Stderr::Always
+            } else {
+                wspoold::alert::Stderr::Never
+            },
             observer,
             notifier: None,
         },

@@ -72,6 +72,12 @@ fn frames_pass_both_ways_through_a_warm_connection() {
         let up = Upstream::start().unwrap();
         let mut d = start(&config(&[up.url()], "min = 1\nspare = 1"));
         d.wait_healthy(1, SOON);
+        // The daemon may finish its handshake before the fixture has counted its own.
+        wait_until(
+            SOON,
+            || format!("{} handshakes counted", up.handshakes()),
+            || up.handshakes() >= 1,
+        );
         let addr = d.daemon.as_ref().unwrap().listen_addr();
         let warm = up.handshakes();
         let mut ws = dial(addr, "/p", None).unwrap();

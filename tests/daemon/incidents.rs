@@ -527,9 +527,13 @@ fn a_reload_applies_alerts_to_an_open_incident_without_a_restart() {
         let mut d = start(&cfg);
         d.wait_healthy(2, SOON);
         a.kill();
-        assert_eq!(kept.next(SOON).body["status"], "firing");
-        assert_eq!(old.next(SOON).body["status"], "firing");
-        assert_eq!(old.next(SOON).body["status"], "firing");
+        let firing = |receiver: &mut Receiver| {
+            let post = receiver.next(SOON);
+            assert_eq!(post.body["status"], "firing", "{post:#?}");
+        };
+        firing(&mut kept);
+        firing(&mut old);
+        firing(&mut old);
 
         let after = [
             webhook(&kept.url, "name = \"kept\""),

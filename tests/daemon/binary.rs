@@ -1,7 +1,7 @@
 //! The built `wspoold` binary: `check` and its exit codes, `run` and SIGTERM, `demo`.
 
 use std::io::Read;
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use wspoold::faults::Upstream;
@@ -19,6 +19,22 @@ fn write(dir: &TempDir, name: &str, text: &str) -> String {
     let path = dir.path().join(name);
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
+}
+
+/// SIGTERM, and the exit status, which must come within 5 s.
+fn terminate(child: &mut Child) -> ExitStatus {
+    // SAFETY: sends a signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut exited = None;
+    wait_until(
+        Duration::from_secs(5),
+        || "the daemon to exit after SIGTERM".into(),
+        || {
+            exited = child.try_wait().unwrap();
+            exited.is_some()
+        },
+    );
+    exited.unwrap()
 }
 
 #[test]
@@ -101,18 +117,7 @@ fn run_closes_every_connection_with_1001_and_exits_0_within_5s_of_sigterm() {
             || up.connections() >= 300,
         );
         let signalled = Instant::now();
-        // SAFETY: sends a signal to our own child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let mut exited = None;
-        wait_until(
-            Duration::from_secs(5),
-            || "the daemon to exit after SIGTERM".into(),
-            || {
-                exited = child.try_wait().unwrap();
-                exited.is_some()
-            },
-        );
-        let status = exited.unwrap();
+        let status = terminate(&mut child);
         assert!(signalled.elapsed() < Duration::from_secs(5));
         assert!(status.success(), "{status}");
         let mut stderr = String::new();
@@ -177,18 +182,7 @@ fn under_systemd_journal_lines_go_to_syslog_once_not_also_to_stderr() {
                     || stderr().contains("pool warm"),
                 );
             }
-            // SAFETY: sends a signal to our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-            let mut exited = None;
-            wait_until(
-                Duration::from_secs(5),
-                || "the daemon to exit after SIGTERM".into(),
-                || {
-                    exited = child.try_wait().unwrap();
-                    exited.is_some()
-                },
-            );
-            assert!(exited.unwrap().success());
+            assert!(terminate(&mut child).success());
             let stderr = stderr();
             assert_eq!(
                 stderr.contains("shut down: closed"),

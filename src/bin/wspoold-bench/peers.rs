@@ -88,13 +88,7 @@ pub fn wspoold(
     let daemon = Daemon::start(
         &config,
         Options {
-            // WSPOOLD_BENCH_LOG=1 shows what the daemon logs, to see why a figure is
-            // what it is.
-            stderr: if std::env::var_os("WSPOOLD_BENCH_LOG").is_some() {
-                wspoold::alert::Stderr::Always
-            } else {
-                wspoold::alert::Stderr::Never
-            },
+            stderr: daemon_log(),
             observer,
             notifier: None,
         },
@@ -197,6 +191,16 @@ pub fn version(program: &str) -> Result<String, String> {
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     Ok(text.lines().next().unwrap_or_default().trim().to_string())
+}
+
+/// What the daemon under test logs goes to stderr with WSPOOLD_BENCH_LOG=1, to see
+/// why a figure is what it is.
+pub fn daemon_log() -> wspoold::alert::Stderr {
+    if std::env::var_os("WSPOOLD_BENCH_LOG").is_some() {
+        wspoold::alert::Stderr::Always
+    } else {
+        wspoold::alert::Stderr::Never
+    }
 }
 
 /// Where the bench's daemons keep their incident journal: a scratch directory, not

@@ -132,13 +132,7 @@ fn daemon(
     Daemon::start(
         &config,
         Options {
-            // WSPOOLD_BENCH_LOG=1 shows what the daemon logs, to see why a figure is
-            // what it is.
-            stderr: if std::env::var_os("WSPOOLD_BENCH_LOG").is_some() {
-                wspoold::alert::Stderr::Always
-            } else {
-                wspoold::alert::Stderr::Never
-            },
+            stderr: crate::peers::daemon_log(),
             observer: Some(observer),
             notifier: None,
         },

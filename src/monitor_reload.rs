@@ -210,17 +210,9 @@ impl Monitor {
             let reason = "pool removed from the configuration";
             let actions = self.pools[index].state.close_all(1001, reason);
             self.apply(index, actions);
-            let sessions: Vec<_> = self
-                .rooms
-                .iter()
-                .filter(|(_, r)| r.pool == index)
-                .map(|(s, _)| *s)
-                .collect();
-            for session in sessions {
-                if let Some(room) = self.rooms.get(&session) {
-                    let _ = room.commands.send(RoomCommand::Close(1001, reason.into()));
-                    room.wake.signal();
-                }
+            for room in self.rooms.values().filter(|r| r.pool == index) {
+                let _ = room.commands.send(RoomCommand::Close(1001, reason.into()));
+                room.wake.signal();
             }
             let waiting: Vec<_> = self
                 .waiting
